@@ -1,0 +1,366 @@
+//! The HTTP edge shared by every source: a per-host concurrency limit, and retries with
+//! backoff on 429 and 5xx that honour `Retry-After`.
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{Request, StatusCode, Url};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// A response read in full.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub url: Url,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Fetched {
+    /// The body as JSON of type `T`; an HTML page or broken JSON is an error naming the URL.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HttpError> {
+        serde_json::from_slice(&self.body).map_err(|e| HttpError::BadBody {
+            url: self.url.to_string(),
+            message: format!(
+                "expected JSON ({e}); content-type {:?}, body starts with {:?}",
+                self.headers
+                    .get(reqwest::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none"),
+                snippet(&self.body)
+            ),
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(60)]);
+    text.chars().filter(|c| !c.is_control()).collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{method} {url}: {message}")]
+    Transport {
+        method: String,
+        url: String,
+        message: String,
+    },
+    #[error("{method} {url}: HTTP {status}{detail}")]
+    Status {
+        method: String,
+        url: String,
+        status: StatusCode,
+        detail: String,
+    },
+    #[error("{url}: {message}")]
+    BadBody { url: String, message: String },
+}
+
+/// Retry behaviour.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// The first backoff; doubled each time.
+    pub base_delay: Duration,
+    /// No single wait is longer than this, whatever `Retry-After` says.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A client with per-host limits. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Http {
+    client: reqwest::Client,
+    per_host: usize,
+    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    retry: RetryPolicy,
+}
+
+impl Http {
+    /// `per_host`: the most requests in flight to one host (at least 1).
+    pub fn new(per_host: usize, retry: RetryPolicy) -> Result<Self, HttpError> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("neco-rs-artifacts-gen/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| HttpError::Transport {
+                method: "build".into(),
+                url: String::new(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            client,
+            per_host: per_host.max(1),
+            limits: Mutex::new(HashMap::new()),
+            retry,
+        })
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    fn limit_for(&self, url: &Url) -> Arc<Semaphore> {
+        let key = format!(
+            "{}:{}",
+            url.host_str().unwrap_or(""),
+            url.port_or_known_default().unwrap_or(0)
+        );
+        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        limits
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
+            .clone()
+    }
+
+    /// Sends a request (retrying 429, 5xx and transport errors) and reads the whole body.
+    /// Any final status is returned as it is; callers decide what is an error.
+    pub async fn fetch(&self, request: Request) -> Result<Fetched, HttpError> {
+        let method = request.method().to_string();
+        let url = request.url().clone();
+        let limit = self.limit_for(&url);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(this) = request.try_clone() else {
+                return Err(HttpError::Transport {
+                    method,
+                    url: url.to_string(),
+                    message: "request body cannot be retried".into(),
+                });
+            };
+            let outcome = {
+                let _permit = limit.acquire().await.map_err(|e| HttpError::Transport {
+                    method: method.clone(),
+                    url: url.to_string(),
+                    message: e.to_string(),
+                })?;
+                match self.client.execute(this).await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let headers = resp.headers().clone();
+                        let final_url = resp.url().clone();
+                        resp.bytes().await.map(|body| Fetched {
+                            url: final_url,
+                            status,
+                            headers,
+                            body,
+                        })
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            let wait = match &outcome {
+                Ok(f) if is_retryable(f.status) => Some(self.delay(attempt, Some(&f.headers))),
+                Ok(_) => None,
+                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() => {
+                    Some(self.delay(attempt, None))
+                }
+                Err(_) => None,
+            };
+            match (outcome, wait) {
+                (Ok(f), Some(wait)) if attempt < self.retry.attempts => {
+                    tracing::warn!(%url, status = %f.status, attempt, ?wait, "retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                (Err(e), Some(wait)) if attempt < self.retry.attempts => {
+                    tracing::warn!(%url, error = %e, attempt, ?wait, "retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                (Ok(f), _) => return Ok(f),
+                (Err(e), _) => {
+                    return Err(HttpError::Transport {
+                        method,
+                        url: url.to_string(),
+                        message: error_chain(&e),
+                    })
+                }
+            }
+        }
+    }
+
+    /// How long to wait before the next attempt: `Retry-After` when given (capped), else
+    /// exponential backoff.
+    fn delay(&self, attempt: u32, headers: Option<&HeaderMap>) -> Duration {
+        let backoff = self
+            .retry
+            .base_delay
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
+        headers
+            .and_then(|h| h.get(RETRY_AFTER))
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after)
+            .unwrap_or(backoff)
+            .min(self.retry.max_delay)
+    }
+}
+
+fn is_retryable(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+/// `Retry-After`: delay-seconds or an HTTP-date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when =
+        time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
+    let now = time::OffsetDateTime::now_utc();
+    Some(Duration::try_from(when - now).unwrap_or(Duration::ZERO))
+}
+
+/// An error and its causes on one line (reqwest hides the interesting part in `source()`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let s = cause.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Turns a non-success status into an error naming method and URL.
+pub fn require_success(method: &str, f: Fetched) -> Result<Fetched, HttpError> {
+    if f.status.is_success() {
+        return Ok(f);
+    }
+    let detail = match f.status {
+        StatusCode::NOT_FOUND => " (not found: check the repository name)".to_owned(),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            " (access denied: check the credentials)".to_owned()
+        }
+        _ if !f.body.is_empty() => format!(": {}", snippet(&f.body)),
+        _ => String::new(),
+    };
+    Err(HttpError::Status {
+        method: method.to_owned(),
+        url: f.url.to_string(),
+        status: f.status,
+        detail,
+    })
+}
+
+/// The `next` link of a paginated answer, resolved against the request URL.
+pub fn next_link(page: &Fetched) -> Result<Option<Url>, HttpError> {
+    let Some(link) = page.header("link") else {
+        return Ok(None);
+    };
+    for part in link.split(',') {
+        let mut pieces = part.split(';');
+        let target = pieces.next().unwrap_or("").trim();
+        let is_next = pieces.any(|p| {
+            let p = p.trim().replace(' ', "");
+            p == "rel=\"next\"" || p == "rel=next"
+        });
+        if !is_next {
+            continue;
+        }
+        let target = target
+            .strip_prefix('<')
+            .and_then(|t| t.strip_suffix('>'))
+            .ok_or_else(|| HttpError::BadBody {
+                url: page.url.to_string(),
+                message: format!("bad Link header {link:?}"),
+            })?;
+        let url = page.url.join(target).map_err(|_| HttpError::BadBody {
+            url: page.url.to_string(),
+            message: format!("bad Link header {link:?}"),
+        })?;
+        return Ok(Some(url));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    fn page(link: Option<&str>) -> Fetched {
+        let mut headers = HeaderMap::new();
+        if let Some(link) = link {
+            headers.insert("link", link.parse().unwrap());
+        }
+        Fetched {
+            url: Url::parse("https://r.example/v2/a/b/tags/list?n=2").unwrap(),
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn link_headers() {
+        assert_eq!(next_link(&page(None)).unwrap(), None);
+        let rel = page(Some(r#"</v2/a/b/tags/list?n=2&last=x>; rel="next""#));
+        assert_eq!(
+            next_link(&rel).unwrap().unwrap().as_str(),
+            "https://r.example/v2/a/b/tags/list?n=2&last=x"
+        );
+        let gh = page(Some(
+            r#"<https://api.example/r?page=2>; rel="next", <https://api.example/r?page=5>; rel="last""#,
+        ));
+        assert_eq!(
+            next_link(&gh).unwrap().unwrap().as_str(),
+            "https://api.example/r?page=2"
+        );
+        let last_only = page(Some(r#"<https://api.example/r?page=1>; rel="prev""#));
+        assert_eq!(next_link(&last_only).unwrap(), None);
+        assert!(next_link(&page(Some(r#"/no-brackets; rel="next""#))).is_err());
+    }
+
+    #[test]
+    fn delay_honours_retry_after_and_caps() {
+        let http = Http::new(
+            1,
+            RetryPolicy {
+                attempts: 3,
+                base_delay: Duration::from_millis(100),
+                max_delay: Duration::from_secs(5),
+            },
+        )
+        .unwrap();
+        assert_eq!(http.delay(1, None), Duration::from_millis(100));
+        assert_eq!(http.delay(3, None), Duration::from_millis(400));
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "2".parse().unwrap());
+        assert_eq!(http.delay(1, Some(&h)), Duration::from_secs(2));
+        h.insert(RETRY_AFTER, "3600".parse().unwrap());
+        assert_eq!(http.delay(1, Some(&h)), Duration::from_secs(5));
+    }
+}
