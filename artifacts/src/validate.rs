@@ -292,7 +292,11 @@ pub const fn check_github_repo(repo: &str) -> Result<(), InvalidValue> {
     Ok(())
 }
 
-const fn check_printable(s: &str, allow_slash: bool, err: InvalidValue) -> Result<(), InvalidValue> {
+const fn check_printable(
+    s: &str,
+    allow_slash: bool,
+    err: InvalidValue,
+) -> Result<(), InvalidValue> {
     let bytes = s.as_bytes();
     if bytes.is_empty() {
         return Err(InvalidValue::Empty);
@@ -404,11 +408,23 @@ mod tests {
         assert_eq!(check_name("-etcd"), Err(InvalidValue::NameBadChar));
         assert_eq!(check_repository("ghcr.io/cybozu/etcd"), Ok(()));
         assert_eq!(check_repository("127.0.0.1:5000/cybozu/etcd"), Ok(()));
-        assert_eq!(check_repository("ghcr.io"), Err(InvalidValue::RepositoryBad));
-        assert_eq!(check_repository("ghcr.io/Cybozu/etcd"), Err(InvalidValue::RepositoryBad));
-        assert_eq!(check_repository("ghcr.io/a//b"), Err(InvalidValue::RepositoryBad));
+        assert_eq!(
+            check_repository("ghcr.io"),
+            Err(InvalidValue::RepositoryBad)
+        );
+        assert_eq!(
+            check_repository("ghcr.io/Cybozu/etcd"),
+            Err(InvalidValue::RepositoryBad)
+        );
+        assert_eq!(
+            check_repository("ghcr.io/a//b"),
+            Err(InvalidValue::RepositoryBad)
+        );
         assert_eq!(check_github_repo("cybozu-go/etcdpasswd"), Ok(()));
-        assert_eq!(check_github_repo("cybozu-go"), Err(InvalidValue::GitHubRepoBad));
+        assert_eq!(
+            check_github_repo("cybozu-go"),
+            Err(InvalidValue::GitHubRepoBad)
+        );
         assert_eq!(check_github_repo("a/b/c"), Err(InvalidValue::GitHubRepoBad));
     }
 

@@ -1,0 +1,261 @@
+//! An OS release feed like Flatcar's: `GET /releases-json/releases-<channel>.json` answers a
+//! JSON object keyed by version (plus `current`), and the kernel and initrd of each version are
+//! served under `/<channel>/amd64-usr/<version>/` with small deterministic bytes.
+
+use std::cmp::Ordering;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use serde_json::json;
+
+use crate::http_server::{bind_loopback, respond, ServerThread};
+use crate::util::lock;
+use crate::{Error, Result};
+
+/// File name of the PXE kernel.
+pub const KERNEL_FILE: &str = "flatcar_production_pxe.vmlinuz";
+/// File name of the PXE initrd.
+pub const INITRD_FILE: &str = "flatcar_production_pxe_image.cpio.gz";
+
+/// A running feed server; stopped when dropped.
+#[derive(Debug)]
+pub struct FeedServer {
+    _server: ServerThread,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    base_url: String,
+    channel: String,
+    versions: Mutex<Vec<String>>,
+}
+
+impl FeedServer {
+    /// Starts a feed for `channel` (e.g. `stable`) listing `versions` (e.g. `3815.2.0`), in this
+    /// order in the JSON document.
+    pub fn start(channel: &str, versions: &[&str]) -> Result<Self> {
+        if !is_plain_segment(channel) {
+            return Err(Error::InvalidArgument(format!(
+                "{channel:?} is not a valid channel name"
+            )));
+        }
+        for version in versions {
+            validate_version(version)?;
+        }
+        let (listener, addr) = bind_loopback("feed")?;
+        let shared = Arc::new(Shared {
+            base_url: format!("http://{addr}"),
+            channel: channel.to_owned(),
+            versions: Mutex::new(versions.iter().map(|v| (*v).to_owned()).collect()),
+        });
+        let router = Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&shared));
+        let server = ServerThread::start("feed", listener, router)?;
+        Ok(Self {
+            _server: server,
+            shared,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    /// The channel served.
+    pub fn channel(&self) -> &str {
+        &self.shared.channel
+    }
+
+    /// URL of the feed document.
+    pub fn feed_url(&self) -> String {
+        format!(
+            "{}/releases-json/releases-{}.json",
+            self.shared.base_url, self.shared.channel
+        )
+    }
+
+    /// URL of the kernel of `version`.
+    pub fn kernel_url(&self, version: &str) -> String {
+        format!(
+            "{}/{}/amd64-usr/{version}/{KERNEL_FILE}",
+            self.shared.base_url, self.shared.channel
+        )
+    }
+
+    /// URL of the initrd of `version`.
+    pub fn initrd_url(&self, version: &str) -> String {
+        format!(
+            "{}/{}/amd64-usr/{version}/{INITRD_FILE}",
+            self.shared.base_url, self.shared.channel
+        )
+    }
+
+    /// Publishes another version while running.
+    pub fn add_version(&self, version: &str) -> Result<()> {
+        validate_version(version)?;
+        let mut versions = lock(&self.shared.versions);
+        if !versions.iter().any(|v| v == version) {
+            versions.push(version.to_owned());
+        }
+        Ok(())
+    }
+
+    /// The versions listed, in feed order.
+    pub fn versions(&self) -> Vec<String> {
+        lock(&self.shared.versions).clone()
+    }
+
+    /// The bytes served as the kernel of `version` in `channel`.
+    pub fn kernel_bytes(channel: &str, version: &str) -> Vec<u8> {
+        file_bytes("kernel", channel, version)
+    }
+
+    /// The bytes served as the initrd of `version` in `channel`.
+    pub fn initrd_bytes(channel: &str, version: &str) -> Vec<u8> {
+        file_bytes("initrd", channel, version)
+    }
+}
+
+/// About 1 KiB of text naming what it stands for.
+fn file_bytes(kind: &str, channel: &str, version: &str) -> Vec<u8> {
+    let line = format!("dctest flatcar {kind} channel={channel} version={version}\n");
+    line.repeat(1024 / line.len() + 1).into_bytes()
+}
+
+fn is_plain_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
+        && s != "."
+        && s != ".."
+}
+
+fn validate_version(version: &str) -> Result<()> {
+    if is_plain_segment(version) && version != "current" {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{version:?} is not a valid version"
+        )))
+    }
+}
+
+/// Compares dotted versions numerically per segment (non-numeric segments compare as text).
+fn compare_versions(a: &str, b: &str) -> Ordering {
+    let mut left = a.split('.');
+    let mut right = b.split('.');
+    loop {
+        match (left.next(), right.next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(x), Some(y)) => {
+                let order = match (x.parse::<u64>(), y.parse::<u64>()) {
+                    (Ok(x), Ok(y)) => x.cmp(&y),
+                    _ => x.cmp(y),
+                };
+                if order != Ordering::Equal {
+                    return order;
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn document(&self) -> String {
+        let versions = lock(&self.versions).clone();
+        let entry = |index: usize, version: &str| {
+            let day = time::macros::date!(2024 - 01 - 01)
+                .checked_add(time::Duration::days(i64::try_from(index).unwrap_or(0)))
+                .unwrap_or(time::macros::date!(2024 - 01 - 01));
+            json!({
+                "channel": self.channel,
+                "architectures": ["amd64"],
+                "release_date": format!(
+                    "{:04}-{:02}-{:02} 12:00:00 +0000",
+                    day.year(),
+                    u8::from(day.month()),
+                    day.day()
+                ),
+                "github_release": version,
+            })
+        };
+        let mut members: Vec<String> = versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("{}:{}", json!(v), entry(i, v)))
+            .collect();
+        let current = versions
+            .iter()
+            .enumerate()
+            .max_by(|(_, a), (_, b)| compare_versions(a, b));
+        if let Some((i, v)) = current {
+            members.push(format!("\"current\":{}", entry(i, v)));
+        }
+        format!("{{{}}}", members.join(","))
+    }
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, Vec::new(), "");
+    }
+    let path = request.uri().path();
+    let feed_path = format!("/releases-json/releases-{}.json", shared.channel);
+    if path == feed_path {
+        return respond(
+            StatusCode::OK,
+            vec![(header::CONTENT_TYPE, "application/json".to_owned())],
+            shared.document(),
+        );
+    }
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let [channel, "amd64-usr", version, file] = segments.as_slice() {
+        let known =
+            *channel == shared.channel && lock(&shared.versions).iter().any(|v| v == version);
+        if known {
+            let bytes = match *file {
+                KERNEL_FILE => Some(FeedServer::kernel_bytes(channel, version)),
+                INITRD_FILE => Some(FeedServer::initrd_bytes(channel, version)),
+                _ => None,
+            };
+            if let Some(bytes) = bytes {
+                return respond(
+                    StatusCode::OK,
+                    vec![(header::CONTENT_TYPE, "application/octet-stream".to_owned())],
+                    bytes,
+                );
+            }
+        }
+    }
+    respond(StatusCode::NOT_FOUND, Vec::new(), "Not Found")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert_eq!(compare_versions("999.0.0", "3815.2.0"), Ordering::Less);
+        assert_eq!(compare_versions("3815.2.10", "3815.2.9"), Ordering::Greater);
+        assert_eq!(compare_versions("1.2", "1.2.0"), Ordering::Less);
+        assert_eq!(compare_versions("1.2.3", "1.2.3"), Ordering::Equal);
+    }
+
+    #[test]
+    fn file_bytes_differ_per_version_and_kind() {
+        let kernel = FeedServer::kernel_bytes("stable", "1.0.0");
+        assert!(kernel.len() >= 1024);
+        assert_eq!(kernel, FeedServer::kernel_bytes("stable", "1.0.0"));
+        assert_ne!(kernel, FeedServer::kernel_bytes("stable", "1.0.1"));
+        assert_ne!(kernel, FeedServer::initrd_bytes("stable", "1.0.0"));
+    }
+}

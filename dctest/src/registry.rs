@@ -1,0 +1,561 @@
+//! Debian's real `docker-registry` (distribution 2.8) on a loopback port, with filesystem storage
+//! in a temporary directory, and a seeder that pushes small real OCI images over its HTTP API.
+//!
+//! Note: distribution 2.8 answers `manifest unknown` for an OCI manifest unless the request's
+//! `Accept` header lists `application/vnd.oci.image.manifest.v1+json`. Its `tags/list` ignores
+//! `n`/`last` and is unsorted; test pagination against [`crate::RegistryStandIn`].
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use tempfile::TempDir;
+
+use crate::process::{free_port, ChildGuard};
+use crate::util::sha256_digest;
+use crate::{Error, Result};
+
+/// Where Debian's package `docker-registry` installs the binary.
+pub const DEFAULT_BINARY: &str = "/usr/bin/docker-registry";
+/// Media type of an OCI image manifest.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Media type of an OCI image config.
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// Media type of an uncompressed OCI layer.
+pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// How long the registry may take to answer after it was started.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often a start is retried when the chosen port was taken meanwhile.
+const START_ATTEMPTS: u32 = 3;
+/// Timeout of every request of the seeder.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An image pushed by [`Registry::push_image`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushedImage {
+    /// Repository name, e.g. `cybozu/etcd`.
+    pub repository: String,
+    /// Tag it was pushed under.
+    pub tag: String,
+    /// `sha256:<hex>` of the manifest bytes; equals the registry's `Docker-Content-Digest`.
+    pub manifest_digest: String,
+    /// `sha256:<hex>` of the config blob.
+    pub config_digest: String,
+    /// `sha256:<hex>` of each layer blob, in manifest order.
+    pub layer_digests: Vec<String>,
+}
+
+/// A running `docker-registry`, killed on drop; its storage is removed with it.
+#[derive(Debug)]
+pub struct Registry {
+    // Field order matters: the process is killed before its directory is removed.
+    child: ChildGuard,
+    port: u16,
+    agent: ureq::Agent,
+    log_path: PathBuf,
+    storage_dir: PathBuf,
+    dir: TempDir,
+}
+
+impl Registry {
+    /// Starts [`DEFAULT_BINARY`] on a free loopback port and waits until it answers.
+    pub fn start() -> Result<Self> {
+        Self::start_with_binary(Path::new(DEFAULT_BINARY))
+    }
+
+    /// Starts the given `docker-registry` binary (distribution 2.x, `serve <config.yml>`).
+    pub fn start_with_binary(binary: &Path) -> Result<Self> {
+        if !binary.is_file() {
+            return Err(Error::MissingProgram {
+                program: binary.display().to_string(),
+                hint: "install the Debian package docker-registry".to_owned(),
+            });
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("dctest-registry-")
+            .tempdir()
+            .map_err(Error::io("create the registry's temporary directory"))?;
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(binary, &dir) {
+                Ok((child, port)) => {
+                    return Ok(Self {
+                        child,
+                        port,
+                        agent: agent(),
+                        log_path: dir.path().join("registry.log"),
+                        storage_dir: dir.path().join("storage"),
+                        dir,
+                    })
+                }
+                // The port may have been taken between choosing and binding it.
+                Err(Error::ProcessExited { .. }) if attempt < START_ATTEMPTS => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn try_start(binary: &Path, dir: &TempDir) -> Result<(ChildGuard, u16)> {
+        let port = free_port()?;
+        let storage = dir.path().join("storage");
+        let config_path = dir.path().join("config.yml");
+        let log_path = dir.path().join("registry.log");
+        std::fs::create_dir_all(&storage).map_err(Error::io(format!(
+            "create registry storage {}",
+            storage.display()
+        )))?;
+        std::fs::write(&config_path, config_yaml(port, &storage)).map_err(Error::io(format!(
+            "write registry config {}",
+            config_path.display()
+        )))?;
+        let log =
+            File::create(&log_path).map_err(Error::io(format!("create {}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(Error::io(format!("duplicate {}", log_path.display())))?;
+        let mut command = Command::new(binary);
+        command
+            .arg("serve")
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err));
+        // Environment variables named REGISTRY_* override the config file.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("REGISTRY_") {
+                command.env_remove(key);
+            }
+        }
+        let mut child = ChildGuard::spawn("docker-registry", &mut command)?;
+        match child.wait_for_http(&format!("http://127.0.0.1:{port}/v2/"), START_TIMEOUT) {
+            Ok(()) => Ok((child, port)),
+            Err(Error::ProcessExited { name, status, .. }) => Err(Error::ProcessExited {
+                name,
+                status,
+                output: log_tail(&log_path),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:PORT`, the registry part of an image reference.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The file receiving the registry's output.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The root directory of the filesystem storage.
+    pub fn storage_dir(&self) -> &Path {
+        &self.storage_dir
+    }
+
+    /// The temporary directory holding config, storage and log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The process id of the registry.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Pushes a small OCI image (one config blob, one uncompressed tar layer holding one file)
+    /// as `repository:tag`. The layer content depends on repository and tag, so every pushed
+    /// image has its own digests.
+    pub fn push_image(&self, repository: &str, tag: &str) -> Result<PushedImage> {
+        validate_repository(repository)?;
+        validate_tag(tag)?;
+        let content = format!("dctest image {repository}:{tag}\n");
+        let layer = single_file_tar("etc/dctest-image", content.as_bytes())?;
+        let layer_digest = sha256_digest(&layer);
+        let config = serde_json::to_vec(&json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
+            "config": {},
+        }))?;
+        let config_digest = sha256_digest(&config);
+        self.upload_blob(repository, &config, &config_digest)?;
+        self.upload_blob(repository, &layer, &layer_digest)?;
+
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": OCI_CONFIG,
+                "digest": config_digest,
+                "size": config.len(),
+            },
+            "layers": [{
+                "mediaType": OCI_LAYER_TAR,
+                "digest": layer_digest,
+                "size": layer.len(),
+            }],
+        }))?;
+        let manifest_digest = sha256_digest(&manifest);
+        let url = format!("{}/v2/{repository}/manifests/{tag}", self.base_url());
+        let response = send(
+            "PUT",
+            &url,
+            self.agent.put(&url).set("Content-Type", OCI_MANIFEST),
+            Some(&manifest),
+        )?;
+        let response = expect_status("PUT", &url, response, 201)?;
+        match response.header("Docker-Content-Digest") {
+            Some(answered) if answered == manifest_digest => {}
+            other => {
+                return Err(Error::UnexpectedResponse {
+                    method: "PUT".to_owned(),
+                    url,
+                    message: format!(
+                        "Docker-Content-Digest is {other:?}, the pushed bytes hash to {manifest_digest}"
+                    ),
+                })
+            }
+        }
+        Ok(PushedImage {
+            repository: repository.to_owned(),
+            tag: tag.to_owned(),
+            manifest_digest,
+            config_digest,
+            layer_digests: vec![layer_digest],
+        })
+    }
+
+    /// Deletes the manifest `digest` (`sha256:<hex>`) of `repository`; its tags go with it.
+    pub fn delete_manifest(&self, repository: &str, digest: &str) -> Result<()> {
+        validate_repository(repository)?;
+        if !is_digest(digest) {
+            return Err(Error::InvalidArgument(format!(
+                "{digest:?} is not a sha256 digest"
+            )));
+        }
+        let url = format!("{}/v2/{repository}/manifests/{digest}", self.base_url());
+        let response = send("DELETE", &url, self.agent.delete(&url), None)?;
+        expect_status("DELETE", &url, response, 202).map(drop)
+    }
+
+    /// The tags of `repository` as the registry lists them (unsorted).
+    pub fn tags(&self, repository: &str) -> Result<Vec<String>> {
+        validate_repository(repository)?;
+        let url = format!("{}/v2/{repository}/tags/list", self.base_url());
+        let response = send("GET", &url, self.agent.get(&url), None)?;
+        let response = expect_status("GET", &url, response, 200)?;
+        let body = read_body("GET", &url, response)?;
+        let value: serde_json::Value = serde_json::from_str(&body)?;
+        let tags = value
+            .get("tags")
+            .and_then(serde_json::Value::as_array)
+            .map(|tags| {
+                tags.iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(tags)
+    }
+
+    /// The manifest digest the registry answers to `HEAD /v2/<repository>/manifests/<reference>`.
+    pub fn manifest_digest(&self, repository: &str, reference: &str) -> Result<String> {
+        validate_repository(repository)?;
+        let url = format!("{}/v2/{repository}/manifests/{reference}", self.base_url());
+        let response = send(
+            "HEAD",
+            &url,
+            self.agent.head(&url).set("Accept", OCI_MANIFEST),
+            None,
+        )?;
+        let response = expect_status("HEAD", &url, response, 200)?;
+        response
+            .header("Docker-Content-Digest")
+            .map(str::to_owned)
+            .ok_or_else(|| Error::UnexpectedResponse {
+                method: "HEAD".to_owned(),
+                url,
+                message: "no Docker-Content-Digest header".to_owned(),
+            })
+    }
+
+    /// Uploads a blob with a POST (start) and a monolithic PUT (finish).
+    fn upload_blob(&self, repository: &str, bytes: &[u8], digest: &str) -> Result<()> {
+        let url = format!("{}/v2/{repository}/blobs/uploads/", self.base_url());
+        let response = send("POST", &url, self.agent.post(&url), Some(&[]))?;
+        let response = expect_status("POST", &url, response, 202)?;
+        let location = response
+            .header("Location")
+            .ok_or_else(|| Error::UnexpectedResponse {
+                method: "POST".to_owned(),
+                url: url.clone(),
+                message: "no Location header".to_owned(),
+            })?;
+        let location = if location.starts_with('/') {
+            format!("{}{location}", self.base_url())
+        } else {
+            location.to_owned()
+        };
+        if !location.starts_with(&self.base_url()) {
+            return Err(Error::UnexpectedResponse {
+                method: "POST".to_owned(),
+                url,
+                message: format!("upload location {location} is not on the registry"),
+            });
+        }
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let put_url = format!("{location}{separator}digest={digest}");
+        let response = send(
+            "PUT",
+            &put_url,
+            self.agent
+                .put(&put_url)
+                .set("Content-Type", "application/octet-stream"),
+            Some(bytes),
+        )?;
+        expect_status("PUT", &put_url, response, 201).map(drop)
+    }
+}
+
+/// A blocking HTTP client for loopback requests: no redirects, no proxy.
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(REQUEST_TIMEOUT)
+        .redirects(0)
+        .build()
+}
+
+/// Sends a request, turning error statuses into responses and transport errors into [`Error`].
+fn send(
+    method: &str,
+    url: &str,
+    request: ureq::Request,
+    body: Option<&[u8]>,
+) -> Result<ureq::Response> {
+    let result = match body {
+        Some(body) => request.send_bytes(body),
+        None => request.call(),
+    };
+    match result {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => Ok(response),
+        Err(ureq::Error::Transport(transport)) => Err(Error::Http {
+            method: method.to_owned(),
+            url: url.to_owned(),
+            message: transport.to_string(),
+        }),
+    }
+}
+
+/// Passes `response` on when it has `status`; otherwise fails with the start of its body.
+fn expect_status(
+    method: &str,
+    url: &str,
+    response: ureq::Response,
+    status: u16,
+) -> Result<ureq::Response> {
+    if response.status() == status {
+        return Ok(response);
+    }
+    let actual = response.status();
+    let body: String = response
+        .into_string()
+        .unwrap_or_default()
+        .chars()
+        .take(500)
+        .collect();
+    Err(Error::HttpStatus {
+        method: method.to_owned(),
+        url: url.to_owned(),
+        status: actual,
+        body,
+    })
+}
+
+fn read_body(method: &str, url: &str, response: ureq::Response) -> Result<String> {
+    response.into_string().map_err(|e| Error::Http {
+        method: method.to_owned(),
+        url: url.to_owned(),
+        message: format!("read the body: {e}"),
+    })
+}
+
+/// The registry configuration: loopback address, filesystem storage, deletes enabled.
+fn config_yaml(port: u16, storage: &Path) -> String {
+    format!(
+        "version: 0.1
+log:
+  level: warn
+  formatter: text
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: \"{}\"
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:{port}
+",
+        storage.display()
+    )
+}
+
+/// The last lines of a log file, for error messages.
+fn log_tail(path: &Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// Checks a repository name against the distribution grammar (lowercase path components).
+fn validate_repository(name: &str) -> Result<()> {
+    let component_ok = |c: &str| {
+        !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && c.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+    };
+    if name.len() <= 255 && name.split('/').all(component_ok) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{name:?} is not a valid repository name"
+        )))
+    }
+}
+
+/// Checks a tag against the distribution grammar `[\w][\w.-]{0,127}`.
+fn validate_tag(tag: &str) -> Result<()> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 128
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && !tag.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{tag:?} is not a valid tag"
+        )))
+    }
+}
+
+fn is_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Builds a POSIX ustar archive holding one regular file (mode 0644, mtime 0, owner root).
+fn single_file_tar(path: &str, content: &[u8]) -> Result<Vec<u8>> {
+    const BLOCK: usize = 512;
+    if path.is_empty() || path.len() > 100 {
+        return Err(Error::InvalidArgument(format!(
+            "tar member name {path:?} must have 1 to 100 bytes"
+        )));
+    }
+    let mut header = [0u8; BLOCK];
+    let mut put = |offset: usize, field: &[u8]| {
+        header[offset..offset + field.len()].copy_from_slice(field);
+    };
+    put(0, path.as_bytes()); // name
+    put(100, b"0000644\0"); // mode
+    put(108, b"0000000\0"); // uid
+    put(116, b"0000000\0"); // gid
+    put(124, format!("{:011o}\0", content.len()).as_bytes()); // size
+    put(136, b"00000000000\0"); // mtime
+    put(148, b"        "); // checksum, counted as spaces
+    put(156, b"0"); // typeflag: regular file
+    put(257, b"ustar\0"); // magic
+    put(263, b"00"); // version
+    put(265, b"root"); // uname
+    put(297, b"root"); // gname
+    let checksum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    header[148..156].copy_from_slice(format!("{checksum:06o}\0 ").as_bytes());
+
+    let padded = content.len().div_ceil(BLOCK) * BLOCK;
+    let mut tar = Vec::with_capacity(BLOCK + padded + 2 * BLOCK);
+    tar.extend_from_slice(&header);
+    tar.extend_from_slice(content);
+    tar.resize(BLOCK + padded + 2 * BLOCK, 0);
+    Ok(tar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn tar_is_read_by_gnu_tar() {
+        let tar = single_file_tar("etc/dctest-image", b"hello\n").expect("tar");
+        assert_eq!(tar.len() % 512, 0);
+        let mut child = Command::new("tar")
+            .args(["-xOf", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run tar");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(&tar)
+            .expect("write tar");
+        let output = child.wait_with_output().expect("tar output");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(output.stdout, b"hello\n");
+    }
+
+    #[test]
+    fn names_follow_the_distribution_grammar() {
+        assert!(validate_repository("cybozu/etcd").is_ok());
+        assert!(validate_repository("a/b-c/d_e.f").is_ok());
+        assert!(validate_repository("Cybozu/etcd").is_err());
+        assert!(validate_repository("a//b").is_err());
+        assert!(validate_repository("-a").is_err());
+        assert!(validate_tag("3.5.15.1").is_ok());
+        assert!(validate_tag("1.0-rc.1").is_ok());
+        assert!(validate_tag(".x").is_err());
+        assert!(validate_tag("a:b").is_err());
+        assert!(is_digest(&sha256_digest(b"")));
+        assert!(!is_digest("sha256:XYZ"));
+    }
+}
