@@ -78,7 +78,7 @@ pub struct Cli {
     pub os_feed: Option<Url>,
 
     /// Most requests in flight to one host.
-    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
     /// The day recorded for changed pins (default: today, UTC).

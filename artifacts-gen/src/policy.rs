@@ -3,6 +3,7 @@
 
 use artifacts::version::TagVersion;
 use std::fmt;
+use std::sync::Arc;
 
 /// The per-component policy of `artifacts.toml`.
 #[derive(Debug, Clone, Default)]
@@ -64,7 +65,7 @@ pub enum Drop {
     Unusable(String),
     Ignored(String),
     Prerelease,
-    OutsideRequirement(String),
+    OutsideRequirement(Arc<str>),
     OtherMajor(u64),
 }
 
@@ -170,8 +171,24 @@ pub fn select(offers: Vec<Offer>, rules: &Rules) -> Selection {
             _ => true,
         });
     let allow_pre = rules.policy.prerelease && !rules.release;
+    // Rendered once: many candidates may fall outside the requirement.
+    let requirement: Option<(&semver::VersionReq, Arc<str>)> = rules
+        .policy
+        .versions
+        .as_ref()
+        .map(|req| (req, Arc::from(req.to_string())));
 
-    let mut versioned: Vec<(TagVersion, String, Option<Drop>)> = Vec::new();
+    // Candidates carry a compact sort key (the first four numbers); ties, rare, fall back to
+    // the full order of their `TagVersion`. Sorting these small entries in place is several
+    // times faster than sorting the parsed versions themselves.
+    struct Entry {
+        key: [u64; 4],
+        index: usize,
+        tag: String,
+        drop: Option<Drop>,
+    }
+    let mut versions: Vec<TagVersion> = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
     let mut unversioned: Vec<(String, Verdict)> = Vec::new();
     for offer in offers {
         let bare = offer.tag.strip_prefix('v').unwrap_or(&offer.tag);
@@ -189,27 +206,37 @@ pub fn select(offers: Vec<Offer>, rules: &Rules) -> Selection {
             Some(Drop::Ignored(entry.reason.clone()))
         } else if version.is_prerelease() && !allow_pre {
             Some(Drop::Prerelease)
-        } else if let Some(req) = rules
-            .policy
-            .versions
+        } else if let Some((_, text)) = requirement
             .as_ref()
-            .filter(|req| !req.matches(&upstream_semver(&version)))
+            .filter(|(req, _)| !req.matches(&upstream_semver(&version)))
         {
-            Some(Drop::OutsideRequirement(req.to_string()))
+            Some(Drop::OutsideRequirement(Arc::clone(text)))
         } else {
             rules
                 .keep_major
                 .filter(|major| version.major() != *major)
                 .map(Drop::OtherMajor)
         };
-        versioned.push((version, offer.tag, drop));
+        let n = version.numbers();
+        let part = |i: usize| n.get(i).copied().unwrap_or(0);
+        entries.push(Entry {
+            key: [part(0), part(1), part(2), part(3)],
+            index: versions.len(),
+            tag: offer.tag,
+            drop,
+        });
+        versions.push(version);
     }
-    // Highest first. Parsing is the costly part and was done once above.
-    versioned.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    // Highest first.
+    entries.sort_unstable_by(|a, b| {
+        b.key
+            .cmp(&a.key)
+            .then_with(|| versions[b.index].cmp(&versions[a.index]))
+    });
 
     let mut chosen = None;
-    let mut candidates = Vec::with_capacity(versioned.len() + unversioned.len());
-    for (_, tag, drop) in versioned {
+    let mut candidates = Vec::with_capacity(entries.len() + unversioned.len());
+    for Entry { tag, drop, .. } in entries {
         let verdict = match drop {
             Some(drop) => Verdict::Dropped(drop),
             None if chosen.is_none() => {

@@ -5,10 +5,15 @@
 //! - [`process`]: processes started for a test ([`ChildGuard`] kills them by PID and waits for
 //!   them on drop, also when the test panics), free loopback ports, waiting for HTTP servers;
 //! - [`registry`]: Debian's real `docker-registry` (distribution 2.8) with an image seeder;
+//! - [`etcd`]: Debian's real etcd, one member or a cluster, with members that can be killed
+//!   and restarted;
+//! - [`debs`]: reproducible Debian packages built with `dpkg-deb`;
+//! - [`mirror`]: a local mirror of upstream (registry, GitHub, feed) seeded from a TOML file;
 //! - loopback stand-ins, each on its own background thread with its own tokio runtime, so they
 //!   work from sync tests and from `#[tokio::test]`s alike: an OCI distribution registry that
 //!   follows the spec where Debian's registry does not ([`registry_standin`]), the GitHub
-//!   releases API ([`github`]) and the OS release feed ([`feed`]).
+//!   releases API ([`github`]), the OS release feed ([`feed`]) and a webhook sink
+//!   ([`webhook`]).
 //!
 //! It must depend on no crate of this workspace, so any crate can use it as a dev-dependency
 //! without a dependency cycle. Every server listens on 127.0.0.1 and every request it makes
@@ -16,6 +21,7 @@
 
 pub mod debs;
 mod error;
+pub mod etcd;
 pub mod feed;
 pub mod github;
 mod http_server;
@@ -24,11 +30,14 @@ pub mod process;
 pub mod registry;
 pub mod registry_standin;
 mod util;
+pub mod webhook;
 
 pub use error::{Error, Result};
+pub use etcd::EtcdCluster;
 pub use feed::FeedServer;
 pub use github::{AssetSpec, GitHubStandIn, ReleaseSpec};
 pub use process::{free_port, wait_for_http, ChildGuard};
 pub use registry::{PushedImage, Registry};
 pub use registry_standin::{Auth, Fault, RegistryStandIn, RegistryStandInConfig};
 pub use util::{basic_authorization, sha256_digest};
+pub use webhook::{Notification, WebhookSink};

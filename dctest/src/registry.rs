@@ -183,6 +183,37 @@ impl Registry {
     pub fn push_image(&self, repository: &str, tag: &str) -> Result<PushedImage> {
         validate_repository(repository)?;
         validate_tag(tag)?;
+        let (image, manifest) = self.upload_image(repository, tag)?;
+        self.put_manifest(repository, tag, &manifest, &image.manifest_digest)?;
+        Ok(image)
+    }
+
+    /// Pushes one small image (as [`Registry::push_image`] does for `tags[0]`) and puts its
+    /// manifest under every tag of `tags`: the blobs are uploaded once, then each tag costs one
+    /// manifest `PUT`, so a repository can be seeded with hundreds of tags quickly.
+    ///
+    /// Returns the image as pushed under the first tag; every tag points to its
+    /// `manifest_digest`. Every tag is checked before anything is sent.
+    pub fn push_tags<S: AsRef<str>>(&self, repository: &str, tags: &[S]) -> Result<PushedImage> {
+        validate_repository(repository)?;
+        let Some(first) = tags.first() else {
+            return Err(Error::InvalidArgument(format!(
+                "no tags to push to {repository:?}"
+            )));
+        };
+        for tag in tags {
+            validate_tag(tag.as_ref())?;
+        }
+        let (image, manifest) = self.upload_image(repository, first.as_ref())?;
+        for tag in tags {
+            self.put_manifest(repository, tag.as_ref(), &manifest, &image.manifest_digest)?;
+        }
+        Ok(image)
+    }
+
+    /// Uploads the config and layer blobs of the image of `repository:tag` and returns the
+    /// image (named by `tag`) with its manifest bytes, which are not pushed yet.
+    fn upload_image(&self, repository: &str, tag: &str) -> Result<(PushedImage, Vec<u8>)> {
         let content = format!("dctest image {repository}:{tag}\n");
         let layer = single_file_tar("etc/dctest-image", content.as_bytes())?;
         let layer_digest = sha256_digest(&layer);
@@ -210,34 +241,43 @@ impl Registry {
                 "size": layer.len(),
             }],
         }))?;
-        let manifest_digest = sha256_digest(&manifest);
+        let image = PushedImage {
+            repository: repository.to_owned(),
+            tag: tag.to_owned(),
+            manifest_digest: sha256_digest(&manifest),
+            config_digest,
+            layer_digests: vec![layer_digest],
+        };
+        Ok((image, manifest))
+    }
+
+    /// Puts `manifest` (whose bytes hash to `manifest_digest`) as `repository:tag` and checks
+    /// the digest the registry answers.
+    fn put_manifest(
+        &self,
+        repository: &str,
+        tag: &str,
+        manifest: &[u8],
+        manifest_digest: &str,
+    ) -> Result<()> {
         let url = format!("{}/v2/{repository}/manifests/{tag}", self.base_url());
         let response = send(
             "PUT",
             &url,
             self.agent.put(&url).set("Content-Type", OCI_MANIFEST),
-            Some(&manifest),
+            Some(manifest),
         )?;
         let response = expect_status("PUT", &url, response, 201)?;
         match response.header("Docker-Content-Digest") {
-            Some(answered) if answered == manifest_digest => {}
-            other => {
-                return Err(Error::UnexpectedResponse {
-                    method: "PUT".to_owned(),
-                    url,
-                    message: format!(
-                        "Docker-Content-Digest is {other:?}, the pushed bytes hash to {manifest_digest}"
-                    ),
-                })
-            }
+            Some(answered) if answered == manifest_digest => Ok(()),
+            other => Err(Error::UnexpectedResponse {
+                method: "PUT".to_owned(),
+                url,
+                message: format!(
+                    "Docker-Content-Digest is {other:?}, the pushed bytes hash to {manifest_digest}"
+                ),
+            }),
         }
-        Ok(PushedImage {
-            repository: repository.to_owned(),
-            tag: tag.to_owned(),
-            manifest_digest,
-            config_digest,
-            layer_digests: vec![layer_digest],
-        })
     }
 
     /// Deletes the manifest `digest` (`sha256:<hex>`) of `repository`; its tags go with it.

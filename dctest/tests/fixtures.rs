@@ -215,6 +215,49 @@ fn registry_serves_pushed_images() {
 }
 
 #[test]
+fn registry_push_tags_puts_one_manifest_under_many_tags() {
+    let registry = Registry::start().expect("start docker-registry");
+    let tags: Vec<String> = (1..=5)
+        .map(|build| format!("1.2.3.{build}"))
+        .chain(["1.2".to_owned(), "1.2.4.1-rc.1".to_owned()])
+        .collect();
+    let image = registry
+        .push_tags("bench/many", &tags)
+        .expect("push the tags");
+    assert_eq!(image.repository, "bench/many");
+    assert_eq!(image.tag, tags[0]);
+
+    let listed: BTreeSet<String> = registry
+        .tags("bench/many")
+        .expect("list")
+        .into_iter()
+        .collect();
+    assert_eq!(listed, tags.iter().cloned().collect::<BTreeSet<_>>());
+    for tag in &tags {
+        assert_eq!(
+            registry.manifest_digest("bench/many", tag).expect("HEAD"),
+            image.manifest_digest,
+            "{tag}"
+        );
+    }
+
+    // Arguments are checked before anything is sent.
+    let none: &[&str] = &[];
+    assert!(matches!(
+        registry.push_tags("bench/none", none),
+        Err(dctest::Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        registry.push_tags("bench/bad", &["1.0.0", "not:a:tag"]),
+        Err(dctest::Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        registry.tags("bench/bad"),
+        Err(dctest::Error::HttpStatus { status: 404, .. })
+    ));
+}
+
+#[test]
 fn registry_process_is_killed_on_drop() {
     let registry = Registry::start().expect("start docker-registry");
     let pid = registry.pid();

@@ -51,7 +51,7 @@ enum Bench {
 }
 
 /// Debian packages the tests need.
-const TEST_PACKAGES: &[&str] = &["docker-registry"];
+const TEST_PACKAGES: &[&str] = &["docker-registry", "etcd-server", "etcd-client"];
 /// Debian packages the benchmarks need.
 const BENCH_PACKAGES: &[&str] = &["docker-registry", "skopeo"];
 

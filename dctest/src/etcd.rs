@@ -1,0 +1,242 @@
+//! A real etcd (Debian `etcd-server`) on loopback: one member or a cluster of several, each
+//! with its own ports and data directory, killed by PID on drop.
+//!
+//! Election settings are fast (heartbeat 50 ms, election timeout 500 ms) so that a cluster
+//! elects a new leader quickly after a member is killed.
+
+use crate::error::{Error, Result};
+use crate::process::{free_port, ChildGuard};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// The etcd server binary of Debian's `etcd-server`.
+pub const DEFAULT_BINARY: &str = "/usr/bin/etcd";
+/// How long a start waits for every member to report healthy.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts to start when a chosen port was taken meanwhile.
+const START_ATTEMPTS: u32 = 3;
+
+#[derive(Debug)]
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    process: Option<ChildGuard>,
+}
+
+/// A running etcd cluster. Dropping it kills every member and removes the data.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    // Field order matters: the processes die before their directory is removed.
+    members: Vec<Member>,
+    initial_cluster: String,
+    token: String,
+    dir: TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts a single-member etcd.
+    pub fn single() -> Result<Self> {
+        Self::start(1)
+    }
+
+    /// Starts a cluster of `size` members and waits until each is healthy.
+    pub fn start(size: usize) -> Result<Self> {
+        if size == 0 {
+            return Err(Error::InvalidArgument(
+                "an etcd cluster needs at least one member".into(),
+            ));
+        }
+        if !Path::new(DEFAULT_BINARY).exists() {
+            return Err(Error::MissingProgram {
+                program: DEFAULT_BINARY.into(),
+                hint: "install the Debian package etcd-server".into(),
+            });
+        }
+        let mut last = None;
+        for _ in 0..START_ATTEMPTS {
+            match Self::try_start(size) {
+                Ok(cluster) => return Ok(cluster),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::InvalidArgument("no start attempt was made".into())))
+    }
+
+    fn try_start(size: usize) -> Result<Self> {
+        let dir = tempfile::tempdir().map_err(Error::io("creating the etcd directory"))?;
+        let mut members = Vec::with_capacity(size);
+        for i in 0..size {
+            let name = format!("m{i}");
+            members.push(Member {
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                data_dir: dir.path().join(format!("{name}.etcd")),
+                log_path: dir.path().join(format!("{name}.log")),
+                name,
+                process: None,
+            });
+        }
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!(
+            "dctest-{}",
+            dir.path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        let mut cluster = Self {
+            members,
+            initial_cluster,
+            token,
+            dir,
+        };
+        for i in 0..size {
+            cluster.spawn(i)?;
+        }
+        for i in 0..size {
+            cluster.wait_healthy(i)?;
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, index: usize) -> Result<()> {
+        let member = self
+            .members
+            .get_mut(index)
+            .ok_or_else(|| Error::InvalidArgument(format!("no etcd member {index}")))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&member.log_path)
+            .map_err(Error::io(format!("opening {}", member.log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(Error::io("duplicating the etcd log handle"))?;
+        let client = format!("http://127.0.0.1:{}", member.client_port);
+        let peer = format!("http://127.0.0.1:{}", member.peer_port);
+        let mut command = Command::new(DEFAULT_BINARY);
+        command
+            .arg("--name")
+            .arg(&member.name)
+            .arg("--data-dir")
+            .arg(&member.data_dir)
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(&self.initial_cluster)
+            .arg("--initial-cluster-token")
+            .arg(&self.token)
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--heartbeat-interval")
+            .arg("50")
+            .arg("--election-timeout")
+            .arg("500")
+            .arg("--enable-v2=false")
+            .env_remove("ETCDCTL_API")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        member.process = Some(ChildGuard::spawn(
+            format!("etcd {}", member.name),
+            &mut command,
+        )?);
+        Ok(())
+    }
+
+    fn wait_healthy(&mut self, index: usize) -> Result<()> {
+        let member = self
+            .members
+            .get_mut(index)
+            .ok_or_else(|| Error::InvalidArgument(format!("no etcd member {index}")))?;
+        let url = format!("http://127.0.0.1:{}/health", member.client_port);
+        let log_path = member.log_path.clone();
+        let Some(process) = member.process.as_mut() else {
+            return Err(Error::InvalidArgument(format!(
+                "etcd member {index} is not running"
+            )));
+        };
+        process
+            .wait_for_http(&url, START_TIMEOUT)
+            .map_err(|e| match e {
+                Error::ProcessExited { name, status, .. } => Error::ProcessExited {
+                    name,
+                    status,
+                    output: tail(&log_path),
+                },
+                other => other,
+            })
+    }
+
+    /// Client URLs of the members, e.g. `http://127.0.0.1:23790`.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    /// The number of members (running or not).
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Kills one member by PID (SIGKILL), keeping its data for [`Self::restart_member`].
+    pub fn kill_member(&mut self, index: usize) -> Result<()> {
+        let member = self
+            .members
+            .get_mut(index)
+            .ok_or_else(|| Error::InvalidArgument(format!("no etcd member {index}")))?;
+        if let Some(mut process) = member.process.take() {
+            process.kill()?;
+        }
+        Ok(())
+    }
+
+    /// Starts a killed member again from its data directory and waits until it is healthy.
+    pub fn restart_member(&mut self, index: usize) -> Result<()> {
+        self.kill_member(index)?;
+        self.spawn(index)?;
+        self.wait_healthy(index)
+    }
+
+    /// The PID of a running member.
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.members
+            .get(index)
+            .and_then(|m| m.process.as_ref())
+            .map(ChildGuard::pid)
+    }
+
+    /// The log file of a member.
+    pub fn log_path(&self, index: usize) -> Option<&Path> {
+        self.members.get(index).map(|m| m.log_path.as_path())
+    }
+
+    /// The directory holding every member's data and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// The last lines of a log, for error messages.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
