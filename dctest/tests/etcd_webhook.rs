@@ -1,5 +1,8 @@
 //! The etcd and webhook fixtures, checked against real clients (`etcdctl`, ureq).
 
+// Test code: a failed call is a failed test.
+#![allow(clippy::expect_used)]
+
 use dctest::{EtcdCluster, WebhookSink};
 use std::process::Command;
 
