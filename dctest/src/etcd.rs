@@ -1,8 +1,8 @@
 //! A real etcd (Debian `etcd-server`) on loopback: one member or a cluster of several, each
 //! with its own ports and data directory, killed by PID on drop.
 //!
-//! Election settings are fast (heartbeat 50 ms, election timeout 500 ms) so that a cluster
-//! elects a new leader quickly after a member is killed.
+//! Election settings are fast (heartbeat 100 ms, election timeout 1 s) so that a cluster
+//! elects a new leader quickly after a member is killed, yet stable on a loaded machine.
 
 use crate::error::{Error, Result};
 use crate::process::{free_port, ChildGuard};
@@ -144,9 +144,9 @@ impl EtcdCluster {
             .arg("--initial-cluster-state")
             .arg("new")
             .arg("--heartbeat-interval")
-            .arg("50")
+            .arg("100")
             .arg("--election-timeout")
-            .arg("500")
+            .arg("1000")
             .arg("--enable-v2=false")
             .env_remove("ETCDCTL_API")
             .stdin(Stdio::null())

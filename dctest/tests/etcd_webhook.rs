@@ -47,8 +47,14 @@ fn cluster_survives_one_member_and_restarts_it() {
     );
     etcd.kill_member(0).unwrap();
     assert!(etcd.pid(0).is_none());
-    // The two others keep a quorum and accept writes.
-    let put = etcdctl(&endpoints[1..], &["put", "k", "after-kill"]);
+    // The two others keep a quorum and accept writes once they have elected a leader.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let put = loop {
+        let put = etcdctl(&endpoints[1..], &["put", "k", "after-kill"]);
+        if put.status.success() || std::time::Instant::now() > deadline {
+            break put;
+        }
+    };
     assert!(put.status.success(), "{put:?}");
     etcd.restart_member(0).unwrap();
     let get = etcdctl(&endpoints[..1], &["get", "--print-value-only", "k"]);
