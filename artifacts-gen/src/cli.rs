@@ -1,13 +1,13 @@
 //! The command line: flags, and what each mode prints and writes.
 
 use crate::generated::{self, Mode, PinnedSet};
-use crate::http::{Http, RetryPolicy};
 use crate::manifest::{Kind, Manifest};
 use crate::policy::Selection;
 use crate::registry::Credentials;
 use crate::resolve::{self, Endpoints, ResolveError, Resolver, RuleBook, SourceError};
-use crate::Secret;
 use anyhow::{bail, Context as _};
+use fetch::http::{Http, HttpOptions};
+use fetch::Secret;
 use reqwest::Url;
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -129,6 +129,8 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+const USER_AGENT: &str = concat!("neco-rs-artifacts-gen/", env!("CARGO_PKG_VERSION"));
+
 fn env_secret(name: &str) -> Option<Secret> {
     std::env::var(name)
         .ok()
@@ -176,7 +178,11 @@ impl Cli {
             _ => bail!("set both NECO_REGISTRY_USERNAME and NECO_REGISTRY_PASSWORD, or neither"),
         };
         Ok(Resolver {
-            http: Http::new(usize::from(self.concurrency), RetryPolicy::default())?,
+            http: Http::with_options(HttpOptions {
+                per_host: usize::from(self.concurrency),
+                user_agent: USER_AGENT.to_owned(),
+                ..HttpOptions::default()
+            })?,
             endpoints: self.endpoints(),
             credentials,
             github_token: env_secret("GITHUB_TOKEN"),

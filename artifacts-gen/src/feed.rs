@@ -1,6 +1,6 @@
 //! The OS image release feed: a JSON object whose keys are versions, plus `current`.
 
-use crate::http::{require_success, Http, HttpError};
+use fetch::http::{require_success, Http, HttpError};
 use reqwest::Url;
 
 #[derive(Debug, thiserror::Error)]

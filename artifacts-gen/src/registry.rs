@@ -1,12 +1,11 @@
 //! Container images through the OCI distribution API: tag lists (with `Link` pagination) and
 //! manifest digests, anonymous or with credentials, answering bearer-token challenges.
 
-use crate::http::{next_link, require_success, Fetched, Http, HttpError};
-use crate::Secret;
+use fetch::http::{next_link, require_success, Fetched, Http, HttpError};
+use fetch::{sha256_digest, Secret};
 use reqwest::header::{ACCEPT, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
 /// Every manifest type a tag may point to; the digest recorded is that of what the registry
 /// serves for these.
@@ -135,7 +134,7 @@ impl<'a> RepoClient<'a> {
                     "GET",
                     self.get(Method::GET, url.clone(), MANIFEST_ACCEPT).await?,
                 )?;
-                format!("sha256:{}", hex::encode(Sha256::digest(&got.body)))
+                sha256_digest(&got.body)
             }
         };
         artifacts::check_digest(&digest).map_err(|_| RegistryError::BadDigest {

@@ -2,12 +2,12 @@
 
 use crate::feed::{self, FeedError};
 use crate::generated::{PinnedDeb, PinnedImage, PinnedOs, PinnedSet};
-use crate::github::{GitHub, GitHubError};
-use crate::http::Http;
 use crate::manifest::{DebSpec, ImageSpec, Kind, Manifest, OsSpec};
 use crate::policy::{select, Offer, Rules, Selection};
 use crate::registry::{Credentials, RegistryError, RepoClient};
-use crate::Secret;
+use fetch::github::{GitHub, GitHubError};
+use fetch::http::Http;
+use fetch::Secret;
 use reqwest::Url;
 use std::collections::BTreeMap;
 

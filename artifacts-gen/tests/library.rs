@@ -6,17 +6,17 @@
 
 mod common;
 
-use artifacts_gen::http::{Http, RetryPolicy};
 use artifacts_gen::manifest::{Kind, Manifest};
 use artifacts_gen::policy::{Drop, Verdict};
 use artifacts_gen::registry::Credentials;
 use artifacts_gen::resolve::{Endpoints, ResolveError, Resolver, RuleBook, SourceError};
-use artifacts_gen::Secret;
 use common::{deb, image, os, UNUSED_FEED};
 use dctest::{
     sha256_digest, AssetSpec, Auth, Fault, FeedServer, GitHubStandIn, Registry, RegistryStandIn,
     RegistryStandInConfig, ReleaseSpec,
 };
+use fetch::http::{Http, RetryPolicy};
+use fetch::Secret;
 use reqwest::Url;
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,5 +1,5 @@
-//! The HTTP edge shared by every source: a per-host concurrency limit, and retries with
-//! backoff on 429 and 5xx that honour `Retry-After`.
+//! The HTTP edge shared by every source: a per-host concurrency limit, retries with backoff on
+//! 429 and 5xx that honour `Retry-After`, and an optional proxy.
 
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -84,8 +84,57 @@ impl Default for RetryPolicy {
     }
 }
 
+/// How to build an [`Http`].
+#[derive(Clone)]
+pub struct HttpOptions {
+    /// The most requests in flight to one host (at least 1).
+    pub per_host: usize,
+    pub retry: RetryPolicy,
+    /// Every request goes through this proxy (`http://[user:password@]host:port`); `None`
+    /// follows the `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` environment, as reqwest does.
+    pub proxy: Option<Url>,
+    pub user_agent: String,
+    /// The longest a whole request may take, body included.
+    pub timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    /// 8 per host, [`RetryPolicy::default`], no proxy, `neco-rs/<version>`, 120 s.
+    fn default() -> Self {
+        Self {
+            per_host: 8,
+            retry: RetryPolicy::default(),
+            proxy: None,
+            user_agent: concat!("neco-rs/", env!("CARGO_PKG_VERSION")).to_owned(),
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl std::fmt::Debug for HttpOptions {
+    /// The proxy's password, if any, is not printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpOptions")
+            .field("per_host", &self.per_host)
+            .field("retry", &self.retry)
+            .field("proxy", &self.proxy.as_ref().map(redacted))
+            .field("user_agent", &self.user_agent)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// `url` without its password, for messages.
+fn redacted(url: &Url) -> String {
+    let mut url = url.clone();
+    if url.password().is_some() {
+        // Fails only for URLs without a host, and a URL with a password has one.
+        let _ = url.set_password(Some("redacted"));
+    }
+    url.to_string()
+}
+
 /// A client with per-host limits. Cheap to share behind an `Arc`.
-#[derive(Debug)]
 pub struct Http {
     client: reqwest::Client,
     per_host: usize,
@@ -93,27 +142,59 @@ pub struct Http {
     retry: RetryPolicy,
 }
 
+impl std::fmt::Debug for Http {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http")
+            .field("per_host", &self.per_host)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Http {
-    /// `per_host`: the most requests in flight to one host (at least 1).
+    /// [`HttpOptions::default`] with `per_host` requests in flight per host and `retry`.
     pub fn new(per_host: usize, retry: RetryPolicy) -> Result<Self, HttpError> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("neco-rs-artifacts-gen/", env!("CARGO_PKG_VERSION")))
+        Self::with_options(HttpOptions {
+            per_host,
+            retry,
+            ..HttpOptions::default()
+        })
+    }
+
+    /// A client built from `options`: connect timeout 10 s, whole-request timeout
+    /// `options.timeout`.
+    pub fn with_options(options: HttpOptions) -> Result<Self, HttpError> {
+        let build_error = |message: String| HttpError::Transport {
+            method: "build".into(),
+            url: options.proxy.as_ref().map(redacted).unwrap_or_default(),
+            message,
+        };
+        let mut builder = reqwest::Client::builder()
+            .user_agent(options.user_agent.as_str())
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
-            .build()
-            .map_err(|e| HttpError::Transport {
-                method: "build".into(),
-                url: String::new(),
-                message: e.to_string(),
+            .timeout(options.timeout);
+        if let Some(proxy) = &options.proxy {
+            let proxy = reqwest::Proxy::all(proxy.clone()).map_err(|e| {
+                build_error(format!("bad proxy: {}", error_chain(&e.without_url())))
             })?;
-        Ok(Self {
+            builder = builder.proxy(proxy);
+        }
+        let client = builder.build().map_err(|e| build_error(error_chain(&e)))?;
+        Ok(Self::with_client(client, options.per_host, options.retry))
+    }
+
+    /// Wraps a client built elsewhere; `per_host`: the most requests in flight to one host
+    /// (at least 1).
+    pub fn with_client(client: reqwest::Client, per_host: usize, retry: RetryPolicy) -> Self {
+        Self {
             client,
             per_host: per_host.max(1),
             limits: Mutex::new(HashMap::new()),
             retry,
-        })
+        }
     }
 
+    /// The underlying client, to build the requests given to [`Http::fetch`].
     pub fn client(&self) -> &reqwest::Client {
         &self.client
     }
@@ -342,6 +423,25 @@ mod tests {
         let last_only = page(Some(r#"<https://api.example/r?page=1>; rel="prev""#));
         assert_eq!(next_link(&last_only).unwrap(), None);
         assert!(next_link(&page(Some(r#"/no-brackets; rel="next""#))).is_err());
+    }
+
+    #[test]
+    fn proxy_passwords_are_not_shown() {
+        for proxy in [
+            "http://neco:pw-0xsecret@127.0.0.1:3128/",
+            "socks5://neco:pw-0xsecret@127.0.0.1:1080/",
+            "ftp://neco:pw-0xsecret@127.0.0.1/",
+        ] {
+            let options = HttpOptions {
+                proxy: Some(Url::parse(proxy).unwrap()),
+                ..HttpOptions::default()
+            };
+            assert!(!format!("{options:?}").contains("pw-0xsecret"));
+            match Http::with_options(options) {
+                Ok(http) => assert!(!format!("{http:?}").contains("pw-0xsecret")),
+                Err(e) => assert!(!format!("{e} {e:?}").contains("pw-0xsecret"), "{e:?}"),
+            }
+        }
     }
 
     #[test]
