@@ -51,7 +51,13 @@ enum Bench {
 }
 
 /// Debian packages the tests need.
-const TEST_PACKAGES: &[&str] = &["docker-registry", "etcd-server", "etcd-client"];
+const TEST_PACKAGES: &[&str] = &[
+    "docker-registry",
+    "etcd-server",
+    "etcd-client",
+    // etcd-client (the crate) generates its gRPC code with protoc at build time.
+    "protobuf-compiler",
+];
 /// Debian packages the benchmarks need.
 const BENCH_PACKAGES: &[&str] = &["docker-registry", "skopeo"];
 

@@ -1,0 +1,48 @@
+//! What the neco-rs daemons and the operator CLI share.
+//!
+//! This crate owns the boot server's local configuration ([`config`]), the etcd schema and its
+//! storage layer ([`storage`], [`types`]), the release version type ([`release`]), Go-style
+//! durations ([`duration`]) and the webhook notifier ([`notify`]). The binary `neco` is the
+//! operator CLI.
+//!
+//! Dependency rule: it may use `fetch` (HTTP edge, GitHub client) and `artifacts`, never the
+//! daemons (`updater`, `worker`), which depend on it.
+
+pub mod config;
+pub mod dpkg;
+pub mod duration;
+pub mod lease;
+pub mod logging;
+pub mod notify;
+pub mod release;
+pub mod storage;
+pub mod types;
+
+pub use fetch::Secret;
+
+/// An HTTP client for the daemons: through `config/proxy` when set.
+pub fn http_client(
+    proxy: Option<&str>,
+    per_host: usize,
+    retry: fetch::http::RetryPolicy,
+) -> Result<fetch::http::Http, String> {
+    let proxy = proxy
+        .map(|p| reqwest::Url::parse(p).map_err(|e| format!("config/proxy {p:?}: {e}")))
+        .transpose()?;
+    fetch::http::Http::with_options(fetch::http::HttpOptions {
+        per_host,
+        retry,
+        proxy,
+        ..fetch::http::HttpOptions::default()
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// This host's name (the value of leader keys), `unknown` when it cannot be read.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}

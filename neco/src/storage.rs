@@ -1,0 +1,1027 @@
+//! The etcd storage layer: every key of the schema (DESIGN.md §4), with neco's transaction and
+//! revision discipline (reference/neco-cd.md §5) and its known bugs fixed: LRNs are numbers
+//! everywhere, and removing a server's `install/<LRN>/` never touches another server's keys.
+
+use crate::config::EtcdConfig;
+use crate::duration;
+use crate::types::{ContentsStatus, Lrn, UpdateRequest, UpdateStatus};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, Txn, TxnOp,
+    WatchFilterType, WatchOptions,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Keys, relative to the prefix.
+pub mod keys {
+    use crate::types::Lrn;
+
+    pub const LEADER_UPDATER: &str = "leader/updater/";
+    pub const LEADER_WORKER: &str = "leader/worker/";
+    pub const INFO: &str = "info/";
+    pub const BOOTSERVERS: &str = "info/bootservers/";
+    pub const NECO_RELEASE: &str = "info/neco-release";
+    pub const STATUS: &str = "status/";
+    pub const CURRENT: &str = "status/current";
+    pub const STATUSES: &str = "status/bootservers/";
+    pub const CONTENTS: &str = "contents/";
+    pub const CONFIG: &str = "config/";
+    /// Liveness: a key per boot server bound to a lease its worker keeps alive.
+    pub const ALIVE: &str = "alive/";
+
+    pub fn bootserver(lrn: Lrn) -> String {
+        format!("{BOOTSERVERS}{lrn}")
+    }
+
+    pub fn status(lrn: Lrn) -> String {
+        format!("{STATUSES}{lrn}")
+    }
+
+    pub fn alive(lrn: Lrn) -> String {
+        format!("{ALIVE}{lrn}")
+    }
+
+    pub fn contents(target: &str) -> String {
+        format!("{CONTENTS}{target}")
+    }
+
+    /// Everything recorded as installed on one server. The trailing `/` keeps `install/1/`
+    /// from matching `install/10/`.
+    pub fn install(lrn: Lrn) -> String {
+        format!("install/{lrn}/")
+    }
+
+    pub fn container(lrn: Lrn, name: &str) -> String {
+        format!("install/{lrn}/containers/{name}")
+    }
+
+    pub fn deb(lrn: Lrn, name: &str) -> String {
+        format!("install/{lrn}/debs/{name}")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot reach etcd at {endpoints} within {timeout}: {message}")]
+    Unreachable {
+        endpoints: String,
+        timeout: String,
+        message: String,
+    },
+    #[error("etcd {op} {key}: {source}")]
+    Etcd {
+        op: &'static str,
+        key: String,
+        source: Box<etcd_client::Error>,
+    },
+    #[error("lost the leadership (the leader key {key} is gone)")]
+    NoLeader { key: String },
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("the update request is not stopped: `neco recover` only clears a stopped update")]
+    NotStopped,
+    #[error(
+        "the cluster is already set up (an update request exists); use `neco join` to add a server"
+    )]
+    AlreadySetUp,
+    #[error("{key}: malformed value {value:?}: {message}")]
+    BadValue {
+        key: String,
+        value: String,
+        message: String,
+    },
+    #[error("the watch on {key} ended: {message}")]
+    WatchEnded { key: String, message: String },
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// A config key and its etcd key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigKey {
+    Env,
+    Slack,
+    Proxy,
+    CheckUpdateInterval,
+    WorkerTimeout,
+    GitHubToken,
+    /// The fixed version followed in env `test`.
+    TestVersion,
+}
+
+impl ConfigKey {
+    pub const ALL: [ConfigKey; 7] = [
+        Self::Env,
+        Self::Slack,
+        Self::Proxy,
+        Self::CheckUpdateInterval,
+        Self::WorkerTimeout,
+        Self::GitHubToken,
+        Self::TestVersion,
+    ];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Env => "env",
+            Self::Slack => "slack",
+            Self::Proxy => "proxy",
+            Self::CheckUpdateInterval => "check-update-interval",
+            Self::WorkerTimeout => "worker-timeout",
+            Self::GitHubToken => "github-token",
+            Self::TestVersion => "test-version",
+        }
+    }
+
+    /// The key relative to the prefix.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Env => "config/env",
+            Self::Slack => "config/notification/slack",
+            Self::Proxy => "config/proxy",
+            Self::CheckUpdateInterval => "config/check-update-interval",
+            Self::WorkerTimeout => "config/worker-timeout",
+            Self::GitHubToken => "config/github-token",
+            Self::TestVersion => "config/test-version",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// Which releases the updater follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Env {
+    /// Never update (the key is absent).
+    None,
+    /// The fixed version of `config/test-version`, for tests.
+    Test,
+    /// Newest release or pre-release tagged `release-…`.
+    Staging,
+    /// Newest full release.
+    Prod,
+}
+
+impl Env {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "none" => Some(Self::None),
+            "test" => Some(Self::Test),
+            "staging" => Some(Self::Staging),
+            "prod" => Some(Self::Prod),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Test => "test",
+            Self::Staging => "staging",
+            Self::Prod => "prod",
+        }
+    }
+}
+
+/// The TTL of a worker's liveness lease: a dead worker's key disappears this long after its
+/// last renewal.
+pub const LIVENESS_TTL: Duration = Duration::from_secs(5);
+/// How long after a request a listed worker may take to show its liveness key.
+pub const LIVENESS_GRACE: Duration = Duration::from_secs(30);
+
+/// The defaults of the duration settings.
+pub const DEFAULT_CHECK_UPDATE_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_WORKER_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+/// A consistent view of the update state at one revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub revision: i64,
+    pub request: Option<UpdateRequest>,
+    /// Statuses by LRN, whatever their version.
+    pub statuses: BTreeMap<Lrn, UpdateStatus>,
+    /// `info/neco-release`, empty when absent.
+    pub latest: String,
+    /// Registered boot servers, numerically sorted.
+    pub servers: Vec<Lrn>,
+    /// Values that could not be read: `(key, error)`. Reported, not fatal.
+    pub malformed: Vec<(String, String)>,
+}
+
+/// An event of a watch on `status/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusEvent {
+    Request(UpdateRequest),
+    Status(Lrn, UpdateStatus),
+}
+
+/// The etcd client with the key prefix applied.
+#[derive(Clone)]
+pub struct Storage {
+    client: Client,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn etcd_err(
+    op: &'static str,
+    key: &str,
+) -> impl FnOnce(etcd_client::Error) -> StorageError {
+    let key = key.to_owned();
+    move |source| StorageError::Etcd {
+        op,
+        key,
+        source: Box::new(source),
+    }
+}
+
+impl Storage {
+    /// Connects and checks that etcd answers within the dial timeout.
+    pub async fn connect(config: &EtcdConfig) -> Result<Self> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.dial_timeout)
+            .with_timeout(Duration::from_secs(30).max(config.dial_timeout));
+        if let (Some(user), Some(password)) = (&config.username, &config.password) {
+            options = options.with_user(user.clone(), password.expose().to_owned());
+        }
+        if let Some(tls) = &config.tls {
+            options = options.with_tls(tls_options(tls).map_err(|message| {
+                StorageError::Unreachable {
+                    endpoints: config.endpoints.join(","),
+                    timeout: duration::format(config.dial_timeout),
+                    message,
+                }
+            })?);
+        }
+        let unreachable = |message: String| StorageError::Unreachable {
+            endpoints: config.endpoints.join(","),
+            timeout: duration::format(config.dial_timeout),
+            message,
+        };
+        let connect = Client::connect(config.endpoints.clone(), Some(options));
+        let mut client = tokio::time::timeout(config.dial_timeout, connect)
+            .await
+            .map_err(|_| unreachable("timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        // A lazy channel connects on first use: prove that etcd answers.
+        tokio::time::timeout(config.dial_timeout, client.status())
+            .await
+            .map_err(|_| unreachable("timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(Self {
+            client,
+            prefix: config.prefix.clone(),
+        })
+    }
+
+    /// The physical key of a relative key.
+    pub fn key(&self, relative: &str) -> String {
+        format!("{}{relative}", self.prefix)
+    }
+
+    fn relative(&self, key: &[u8]) -> String {
+        let key = String::from_utf8_lossy(key);
+        key.strip_prefix(&self.prefix).unwrap_or(&key).to_owned()
+    }
+
+    /// The underlying client (for elections and leases).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    async fn get_value(&self, relative: &str) -> Result<Option<(String, i64)>> {
+        let key = self.key(relative);
+        let resp = self
+            .client
+            .clone()
+            .get(key.as_bytes(), None)
+            .await
+            .map_err(etcd_err("get", &key))?;
+        Ok(resp.kvs().first().map(|kv| {
+            (
+                String::from_utf8_lossy(kv.value()).into_owned(),
+                kv.mod_revision(),
+            )
+        }))
+    }
+
+    async fn put_value(&self, relative: &str, value: &str) -> Result<()> {
+        let key = self.key(relative);
+        self.client
+            .clone()
+            .put(key.as_bytes(), value, None)
+            .await
+            .map_err(etcd_err("put", &key))?;
+        Ok(())
+    }
+
+    /// A transaction that runs `ops` only while `guard` (a leader key, physical) exists.
+    async fn guarded(&self, guard: &str, ops: Vec<TxnOp>, what: &str) -> Result<()> {
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(guard, CompareOp::Greater, 0)])
+            .and_then(ops);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(etcd_err("txn", &self.key(what)))?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(StorageError::NoLeader {
+                key: guard.to_owned(),
+            })
+        }
+    }
+
+    // --- config ------------------------------------------------------------------------------
+
+    /// A config value; `None` when unset.
+    pub async fn config(&self, key: ConfigKey) -> Result<Option<String>> {
+        Ok(self.get_value(key.key()).await?.map(|(v, _)| v))
+    }
+
+    /// Writes a config value as it is (callers validate).
+    pub async fn put_config(&self, key: ConfigKey, value: &str) -> Result<()> {
+        self.put_value(key.key(), value).await
+    }
+
+    pub async fn env(&self) -> Result<Env> {
+        match self.config(ConfigKey::Env).await? {
+            None => Ok(Env::None),
+            Some(text) => Env::parse(&text).ok_or_else(|| StorageError::BadValue {
+                key: self.key(ConfigKey::Env.key()),
+                value: text,
+                message: "expected none, test, staging or prod".into(),
+            }),
+        }
+    }
+
+    /// Removes a config value (back to its default).
+    pub async fn delete_config(&self, key: ConfigKey) -> Result<()> {
+        let full = self.key(key.key());
+        self.client
+            .clone()
+            .delete(full.as_bytes(), None)
+            .await
+            .map_err(etcd_err("delete", &full))?;
+        Ok(())
+    }
+
+    /// A duration setting, stored as decimal nanoseconds like neco.
+    pub async fn duration_config(&self, key: ConfigKey, default: Duration) -> Result<Duration> {
+        match self.config(key).await? {
+            None => Ok(default),
+            Some(text) => text
+                .trim()
+                .parse::<u64>()
+                .map(Duration::from_nanos)
+                .map_err(|_| StorageError::BadValue {
+                    key: self.key(key.key()),
+                    value: text,
+                    message: "expected a count of nanoseconds".into(),
+                }),
+        }
+    }
+
+    // --- info --------------------------------------------------------------------------------
+
+    pub async fn register_bootserver(&self, lrn: Lrn) -> Result<()> {
+        self.put_value(&keys::bootserver(lrn), "").await
+    }
+
+    /// Removes a boot server and what it recorded as installed, in one transaction.
+    pub async fn delete_bootserver(&self, lrn: Lrn) -> Result<()> {
+        let server = self.key(&keys::bootserver(lrn));
+        let install = self.key(&keys::install(lrn));
+        let txn = Txn::new().and_then(vec![
+            TxnOp::delete(server.as_bytes(), None),
+            TxnOp::delete(install.as_bytes(), Some(DeleteOptions::new().with_prefix())),
+        ]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(etcd_err("txn", &server))?;
+        let deleted = resp
+            .op_responses()
+            .into_iter()
+            .next()
+            .and_then(|op| match op {
+                etcd_client::TxnOpResponse::Delete(d) => Some(d.deleted()),
+                _ => None,
+            })
+            .unwrap_or(0);
+        if deleted == 0 {
+            return Err(StorageError::NotFound {
+                what: format!("boot server {lrn}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Registered boot servers, numerically sorted.
+    pub async fn bootservers(&self) -> Result<Vec<Lrn>> {
+        self.bootservers_at(0).await.map(|(servers, _)| servers)
+    }
+
+    async fn bootservers_at(&self, revision: i64) -> Result<(Vec<Lrn>, Vec<(String, String)>)> {
+        let prefix = self.key(keys::BOOTSERVERS);
+        let mut options = GetOptions::new().with_prefix().with_keys_only();
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let resp = self
+            .client
+            .clone()
+            .get(prefix.as_bytes(), Some(options))
+            .await
+            .map_err(etcd_err("get", &prefix))?;
+        let mut servers = Vec::new();
+        let mut malformed = Vec::new();
+        for kv in resp.kvs() {
+            let key = self.relative(kv.key());
+            match key
+                .strip_prefix(keys::BOOTSERVERS)
+                .and_then(|s| s.parse::<Lrn>().ok())
+            {
+                Some(lrn) => servers.push(lrn),
+                None => malformed.push((self.key(&key), "not a boot server number".into())),
+            }
+        }
+        servers.sort_unstable();
+        Ok((servers, malformed))
+    }
+
+    /// `info/neco-release`, empty when absent.
+    pub async fn neco_release(&self) -> Result<String> {
+        Ok(self
+            .get_value(keys::NECO_RELEASE)
+            .await?
+            .map(|(v, _)| v)
+            .unwrap_or_default())
+    }
+
+    pub async fn put_neco_release(&self, version: &str, leader_key: &str) -> Result<()> {
+        let key = self.key(keys::NECO_RELEASE);
+        self.guarded(
+            leader_key,
+            vec![TxnOp::put(key.as_bytes(), version, None)],
+            keys::NECO_RELEASE,
+        )
+        .await
+    }
+
+    /// The first setup of a cluster: registers `servers`, records `version` as the latest
+    /// release and requests an update to it, in one transaction that fails when a request
+    /// already exists.
+    pub async fn setup(
+        &self,
+        servers: &[Lrn],
+        version: &str,
+        started_at: time::OffsetDateTime,
+    ) -> Result<UpdateRequest> {
+        let mut sorted = servers.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let request = UpdateRequest {
+            version: version.to_owned(),
+            servers: sorted.clone(),
+            stop: false,
+            started_at,
+        };
+        let current = self.key(keys::CURRENT);
+        let mut ops: Vec<TxnOp> = sorted
+            .iter()
+            .map(|lrn| TxnOp::put(self.key(&keys::bootserver(*lrn)).as_bytes(), "", None))
+            .collect();
+        ops.push(TxnOp::put(
+            self.key(keys::NECO_RELEASE).as_bytes(),
+            version,
+            None,
+        ));
+        ops.push(TxnOp::put(
+            current.as_bytes(),
+            self.encode(keys::CURRENT, &request)?,
+            None,
+        ));
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                current.as_bytes(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(ops);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(etcd_err("txn", &current))?;
+        if !resp.succeeded() {
+            return Err(StorageError::AlreadySetUp);
+        }
+        Ok(request)
+    }
+
+    // --- status ------------------------------------------------------------------------------
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, relative: &str, value: &str) -> Result<T> {
+        serde_json::from_str(value).map_err(|e| StorageError::BadValue {
+            key: self.key(relative),
+            value: value.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    fn encode<T: serde::Serialize>(&self, relative: &str, value: &T) -> Result<String> {
+        serde_json::to_string(value).map_err(|e| StorageError::BadValue {
+            key: self.key(relative),
+            value: String::new(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The update request and its modification revision.
+    pub async fn request(&self) -> Result<Option<(UpdateRequest, i64)>> {
+        match self.get_value(keys::CURRENT).await? {
+            None => Ok(None),
+            Some((value, rev)) => Ok(Some((self.decode(keys::CURRENT, &value)?, rev))),
+        }
+    }
+
+    /// Writes the request while `leader_key` exists.
+    pub async fn put_request(&self, request: &UpdateRequest, leader_key: &str) -> Result<()> {
+        let key = self.key(keys::CURRENT);
+        let value = self.encode(keys::CURRENT, request)?;
+        self.guarded(
+            leader_key,
+            vec![TxnOp::put(key.as_bytes(), value, None)],
+            keys::CURRENT,
+        )
+        .await
+    }
+
+    /// Writes the request and wipes every worker status, in one transaction.
+    pub async fn put_reconfigure_request(
+        &self,
+        request: &UpdateRequest,
+        leader_key: &str,
+    ) -> Result<()> {
+        let key = self.key(keys::CURRENT);
+        let statuses = self.key(keys::STATUSES);
+        let value = self.encode(keys::CURRENT, request)?;
+        self.guarded(
+            leader_key,
+            vec![
+                TxnOp::put(key.as_bytes(), value, None),
+                TxnOp::delete(
+                    statuses.as_bytes(),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
+            ],
+            keys::CURRENT,
+        )
+        .await
+    }
+
+    pub async fn put_status(&self, lrn: Lrn, status: &UpdateStatus) -> Result<()> {
+        let relative = keys::status(lrn);
+        let value = self.encode(&relative, status)?;
+        self.put_value(&relative, &value).await
+    }
+
+    pub async fn status(&self, lrn: Lrn) -> Result<Option<UpdateStatus>> {
+        let relative = keys::status(lrn);
+        match self.get_value(&relative).await? {
+            None => Ok(None),
+            Some((value, _)) => Ok(Some(self.decode(&relative, &value)?)),
+        }
+    }
+
+    /// Everything the updater decides on, read at one revision.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        let current = self.key(keys::CURRENT);
+        let resp = self
+            .client
+            .clone()
+            .get(current.as_bytes(), None)
+            .await
+            .map_err(etcd_err("get", &current))?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut malformed = Vec::new();
+        let request = match resp.kvs().first() {
+            None => None,
+            Some(kv) => {
+                let value = String::from_utf8_lossy(kv.value());
+                match self.decode::<UpdateRequest>(keys::CURRENT, &value) {
+                    Ok(req) => Some(req),
+                    Err(e) => {
+                        malformed.push((current.clone(), e.to_string()));
+                        None
+                    }
+                }
+            }
+        };
+        let (servers, bad_servers) = self.bootservers_at(revision).await?;
+        malformed.extend(bad_servers);
+        let release_key = self.key(keys::NECO_RELEASE);
+        let latest = self
+            .client
+            .clone()
+            .get(
+                release_key.as_bytes(),
+                Some(GetOptions::new().with_revision(revision)),
+            )
+            .await
+            .map_err(etcd_err("get", &release_key))?
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+            .unwrap_or_default();
+        let status_prefix = self.key(keys::STATUSES);
+        let resp = self
+            .client
+            .clone()
+            .get(
+                status_prefix.as_bytes(),
+                Some(GetOptions::new().with_prefix().with_revision(revision)),
+            )
+            .await
+            .map_err(etcd_err("get", &status_prefix))?;
+        let mut statuses = BTreeMap::new();
+        for kv in resp.kvs() {
+            let relative = self.relative(kv.key());
+            let value = String::from_utf8_lossy(kv.value());
+            let lrn = relative
+                .strip_prefix(keys::STATUSES)
+                .and_then(|s| s.parse::<Lrn>().ok());
+            match (lrn, self.decode::<UpdateStatus>(&relative, &value)) {
+                (Some(lrn), Ok(status)) => {
+                    statuses.insert(lrn, status);
+                }
+                (None, _) => {
+                    malformed.push((self.key(&relative), "not a boot server number".into()))
+                }
+                (_, Err(e)) => malformed.push((self.key(&relative), e.to_string())),
+            }
+        }
+        Ok(Snapshot {
+            revision,
+            request,
+            statuses,
+            latest,
+            servers,
+            malformed,
+        })
+    }
+
+    /// Deletes the stopped request, every status and every contents record, checking that the
+    /// request did not change in between. Refuses a request that is not stopped.
+    pub async fn clear_status_and_contents(&self) -> Result<()> {
+        loop {
+            let Some((request, revision)) = self.request().await? else {
+                return Err(StorageError::NotFound {
+                    what: "update request".into(),
+                });
+            };
+            if !request.stop {
+                return Err(StorageError::NotStopped);
+            }
+            let current = self.key(keys::CURRENT);
+            let status = self.key(keys::STATUS);
+            let contents = self.key(keys::CONTENTS);
+            let txn = Txn::new()
+                .when(vec![Compare::mod_revision(
+                    current.as_bytes(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then(vec![
+                    TxnOp::delete(status.as_bytes(), Some(DeleteOptions::new().with_prefix())),
+                    TxnOp::delete(
+                        contents.as_bytes(),
+                        Some(DeleteOptions::new().with_prefix()),
+                    ),
+                ]);
+            let resp = self
+                .client
+                .clone()
+                .txn(txn)
+                .await
+                .map_err(etcd_err("txn", &current))?;
+            if resp.succeeded() {
+                return Ok(());
+            }
+        }
+    }
+
+    // --- contents and install records --------------------------------------------------------
+
+    pub async fn contents_status(&self, target: &str) -> Result<Option<ContentsStatus>> {
+        let relative = keys::contents(target);
+        match self.get_value(&relative).await? {
+            None => Ok(None),
+            Some((value, _)) => Ok(Some(self.decode(&relative, &value)?)),
+        }
+    }
+
+    /// Records a contents upload while `leader_key` (of `leader/worker/`) exists.
+    pub async fn put_contents_status(
+        &self,
+        target: &str,
+        status: &ContentsStatus,
+        leader_key: &str,
+    ) -> Result<()> {
+        let relative = keys::contents(target);
+        let key = self.key(&relative);
+        let value = self.encode(&relative, status)?;
+        self.guarded(
+            leader_key,
+            vec![TxnOp::put(key.as_bytes(), value, None)],
+            &relative,
+        )
+        .await
+    }
+
+    pub async fn record_container(&self, lrn: Lrn, name: &str, tag: &str) -> Result<()> {
+        self.put_value(&keys::container(lrn, name), tag).await
+    }
+
+    pub async fn container_tag(&self, lrn: Lrn, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .get_value(&keys::container(lrn, name))
+            .await?
+            .map(|(v, _)| v))
+    }
+
+    pub async fn record_deb(&self, lrn: Lrn, name: &str, release: &str) -> Result<()> {
+        self.put_value(&keys::deb(lrn, name), release).await
+    }
+
+    pub async fn deb_release(&self, lrn: Lrn, name: &str) -> Result<Option<String>> {
+        Ok(self.get_value(&keys::deb(lrn, name)).await?.map(|(v, _)| v))
+    }
+
+    // --- liveness ----------------------------------------------------------------------------
+
+    /// Boot servers whose liveness key exists, numerically sorted.
+    pub async fn alive_servers(&self) -> Result<Vec<Lrn>> {
+        let prefix = self.key(keys::ALIVE);
+        let resp = self
+            .client
+            .clone()
+            .get(
+                prefix.as_bytes(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .map_err(etcd_err("get", &prefix))?;
+        let mut alive: Vec<Lrn> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                self.relative(kv.key())
+                    .strip_prefix(keys::ALIVE)
+                    .and_then(|s| s.parse().ok())
+            })
+            .collect();
+        alive.sort_unstable();
+        Ok(alive)
+    }
+
+    /// Puts this server's liveness key bound to `lease` (a lease the caller keeps alive).
+    pub async fn put_alive(&self, lrn: Lrn, lease: i64, version: &str) -> Result<()> {
+        let key = self.key(&keys::alive(lrn));
+        self.client
+            .clone()
+            .put(
+                key.as_bytes(),
+                version,
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(etcd_err("put", &key))?;
+        Ok(())
+    }
+
+    // --- watches -----------------------------------------------------------------------------
+
+    /// Opens a watch on a relative key (or prefix) from `revision` (inclusive).
+    async fn watch(
+        &self,
+        relative: &str,
+        options: WatchOptions,
+    ) -> Result<(etcd_client::Watcher, etcd_client::WatchStream)> {
+        let key = self.key(relative);
+        self.client
+            .clone()
+            .watch(key.as_bytes(), Some(options))
+            .await
+            .map_err(etcd_err("watch", &key))
+    }
+
+    /// Returns after the first change under `info/` after `revision`.
+    pub async fn wait_info(&self, revision: i64) -> Result<()> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let (_watcher, mut stream) = self.watch(keys::INFO, options).await?;
+        loop {
+            let resp = stream
+                .message()
+                .await
+                .map_err(etcd_err("watch", &self.key(keys::INFO)))?
+                .ok_or_else(|| self.ended(keys::INFO, "closed"))?;
+            if resp.canceled() {
+                return Err(self.ended(keys::INFO, &cancel_reason(&resp)));
+            }
+            if !resp.events().is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Returns when `status/current` is deleted after `revision`.
+    pub async fn wait_request_deletion(&self, revision: i64) -> Result<()> {
+        let options = WatchOptions::new()
+            .with_start_revision(revision + 1)
+            .with_filters([WatchFilterType::NoPut]);
+        let (_watcher, mut stream) = self.watch(keys::CURRENT, options).await?;
+        loop {
+            let resp = stream
+                .message()
+                .await
+                .map_err(etcd_err("watch", &self.key(keys::CURRENT)))?
+                .ok_or_else(|| self.ended(keys::CURRENT, "closed"))?;
+            if resp.canceled() {
+                return Err(self.ended(keys::CURRENT, &cancel_reason(&resp)));
+            }
+            if !resp.events().is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Returns the first request written after `revision`, with its revision.
+    pub async fn wait_request(&self, revision: i64) -> Result<(UpdateRequest, i64)> {
+        let options = WatchOptions::new()
+            .with_start_revision(revision + 1)
+            .with_filters([WatchFilterType::NoDelete]);
+        let (_watcher, mut stream) = self.watch(keys::CURRENT, options).await?;
+        loop {
+            let resp = stream
+                .message()
+                .await
+                .map_err(etcd_err("watch", &self.key(keys::CURRENT)))?
+                .ok_or_else(|| self.ended(keys::CURRENT, "closed"))?;
+            if resp.canceled() {
+                return Err(self.ended(keys::CURRENT, &cancel_reason(&resp)));
+            }
+            if let Some(kv) = resp.events().first().and_then(|e| e.kv()) {
+                let value = String::from_utf8_lossy(kv.value());
+                return Ok((self.decode(keys::CURRENT, &value)?, kv.mod_revision()));
+            }
+        }
+    }
+
+    /// Returns when anything under `config/` changes from now on.
+    pub async fn wait_config_change(&self) -> Result<String> {
+        let (_watcher, mut stream) = self
+            .watch(keys::CONFIG, WatchOptions::new().with_prefix())
+            .await?;
+        loop {
+            let resp = stream
+                .message()
+                .await
+                .map_err(etcd_err("watch", &self.key(keys::CONFIG)))?
+                .ok_or_else(|| self.ended(keys::CONFIG, "closed"))?;
+            if resp.canceled() {
+                return Err(self.ended(keys::CONFIG, &cancel_reason(&resp)));
+            }
+            if let Some(kv) = resp.events().first().and_then(|e| e.kv()) {
+                return Ok(self.relative(kv.key()));
+            }
+        }
+    }
+
+    /// Watches `status/` (request and worker statuses) from `revision + 1` and hands every put
+    /// to `handle` until it returns `Some`. Malformed values are errors naming their key.
+    pub async fn watch_status<T>(
+        &self,
+        revision: i64,
+        mut handle: impl FnMut(StatusEvent) -> Option<T>,
+    ) -> Result<T> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1)
+            .with_filters([WatchFilterType::NoDelete]);
+        let (_watcher, mut stream) = self.watch(keys::STATUS, options).await?;
+        loop {
+            let resp = stream
+                .message()
+                .await
+                .map_err(etcd_err("watch", &self.key(keys::STATUS)))?
+                .ok_or_else(|| self.ended(keys::STATUS, "closed"))?;
+            if resp.canceled() {
+                return Err(self.ended(keys::STATUS, &cancel_reason(&resp)));
+            }
+            for event in resp.events() {
+                if event.event_type() != EventType::Put {
+                    continue;
+                }
+                let Some(kv) = event.kv() else { continue };
+                let relative = self.relative(kv.key());
+                let value = String::from_utf8_lossy(kv.value());
+                let event = if relative == keys::CURRENT {
+                    StatusEvent::Request(self.decode(&relative, &value)?)
+                } else if let Some(lrn) = relative
+                    .strip_prefix(keys::STATUSES)
+                    .and_then(|s| s.parse::<Lrn>().ok())
+                {
+                    StatusEvent::Status(lrn, self.decode(&relative, &value)?)
+                } else {
+                    continue;
+                };
+                if let Some(done) = handle(event) {
+                    return Ok(done);
+                }
+            }
+        }
+    }
+
+    /// Watches the liveness keys from `revision + 1` and returns the first server whose key
+    /// is deleted (its lease expired or was revoked).
+    pub async fn wait_dead_server(&self, revision: i64, servers: &[Lrn]) -> Result<Lrn> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1)
+            .with_filters([WatchFilterType::NoPut]);
+        let (_watcher, mut stream) = self.watch(keys::ALIVE, options).await?;
+        loop {
+            let resp = stream
+                .message()
+                .await
+                .map_err(etcd_err("watch", &self.key(keys::ALIVE)))?
+                .ok_or_else(|| self.ended(keys::ALIVE, "closed"))?;
+            if resp.canceled() {
+                return Err(self.ended(keys::ALIVE, &cancel_reason(&resp)));
+            }
+            for event in resp.events() {
+                let lrn = event.kv().and_then(|kv| {
+                    self.relative(kv.key())
+                        .strip_prefix(keys::ALIVE)
+                        .and_then(|s| s.parse::<Lrn>().ok())
+                });
+                if let Some(lrn) = lrn.filter(|l| servers.contains(l)) {
+                    return Ok(lrn);
+                }
+            }
+        }
+    }
+
+    fn ended(&self, relative: &str, message: &str) -> StorageError {
+        StorageError::WatchEnded {
+            key: self.key(relative),
+            message: message.to_owned(),
+        }
+    }
+}
+
+fn cancel_reason(resp: &etcd_client::WatchResponse) -> String {
+    if resp.compact_revision() > 0 {
+        format!(
+            "canceled: the revision was compacted (compact revision {})",
+            resp.compact_revision()
+        )
+    } else {
+        format!("canceled: {}", resp.cancel_reason())
+    }
+}
+
+fn tls_options(
+    tls: &crate::config::TlsConfig,
+) -> std::result::Result<etcd_client::TlsOptions, String> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let mut options = etcd_client::TlsOptions::new();
+    if let Some(ca) = &tls.ca {
+        options = options.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        options = options.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(options)
+}
