@@ -53,9 +53,82 @@ pub fn installed_version(root: &Path, package: &str) -> Result<Option<String>, D
     })
 }
 
+/// Installs a package file with `dpkg -i` into the system under `root`. For a root other than
+/// `/` (a simulated boot server), dpkg runs with `--root`, `--force-script-chrootless` and
+/// `--force-not-root`; maintainer scripts then see `DPKG_ROOT` and must not touch the host.
+pub fn install(root: &Path, deb: &Path) -> Result<(), DpkgError> {
+    let mut command = Command::new("dpkg");
+    if root != Path::new("/") {
+        command
+            .arg(format!("--root={}", root.display()))
+            .arg("--force-script-chrootless")
+            .arg("--force-not-root")
+            .arg(format!("--log={}", root.join("var/log/dpkg.log").display()));
+        std::fs::create_dir_all(root.join("var/log")).map_err(|source| DpkgError::Spawn {
+            program: "dpkg",
+            source,
+        })?;
+    }
+    command
+        .arg("--install")
+        .arg(deb)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    let output = command.output().map_err(|source| DpkgError::Spawn {
+        program: "dpkg",
+        source,
+    })?;
+    if !output.status.success() {
+        return Err(DpkgError::Failed {
+            command: format!("dpkg --install {}", deb.display()),
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Prepares an empty dpkg database under `root` (for a simulated boot server).
+pub fn init_root(root: &Path) -> std::io::Result<()> {
+    let admin = admin_dir(root);
+    std::fs::create_dir_all(admin.join("info"))?;
+    std::fs::create_dir_all(admin.join("updates"))?;
+    for file in ["status", "available"] {
+        let path = admin.join(file);
+        if !path.exists() {
+            std::fs::write(path, "")?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn install_into_a_root() {
+        let root = tempfile::tempdir().unwrap();
+        init_root(root.path()).unwrap();
+        assert_eq!(installed_version(root.path(), "etcdpasswd").unwrap(), None);
+        let package = dctest::debs::DebPackage::simple("etcdpasswd", "1.4.9");
+        let file = root.path().join(package.file_name());
+        std::fs::write(&file, package.build().unwrap()).unwrap();
+        install(root.path(), &file).unwrap();
+        assert_eq!(
+            installed_version(root.path(), "etcdpasswd")
+                .unwrap()
+                .as_deref(),
+            Some("1.4.9")
+        );
+        assert!(root.path().join("usr/share/doc/etcdpasswd/README").exists());
+        // Nothing was installed on the host.
+        assert_eq!(
+            installed_version(Path::new("/"), "etcdpasswd").unwrap(),
+            None
+        );
+        let err = install(root.path(), &root.path().join("missing.deb")).unwrap_err();
+        assert!(err.to_string().contains("missing.deb"), "{err}");
+    }
 
     #[test]
     fn host_packages() {
