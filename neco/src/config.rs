@@ -82,18 +82,76 @@ pub const DEFAULT_GITHUB_API: &str = "https://api.github.com/";
 /// The repository of neco's releases.
 pub const DEFAULT_GITHUB_REPOSITORY: &str = "cybozu-go/neco";
 
+/// The default sabakan API of a boot server.
+pub const DEFAULT_SABAKAN_URL: &str = "http://127.0.0.1:10080/";
+/// Where kernel and initrd of the OS image are downloaded: `<base>amd64-usr/<version>/<file>`,
+/// `{channel}` replaced by the pinned channel.
+pub const DEFAULT_OS_IMAGE_BASE: &str = "https://{channel}.release.flatcar-linux.net/";
+
+/// Where the worker gets and puts the pinned artifacts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactSources {
+    /// Registry host (as pinned, e.g. `ghcr.io`) → base URL of a mirror to pull from instead.
+    pub registries: std::collections::BTreeMap<String, reqwest::Url>,
+    /// sabakan's REST API.
+    pub sabakan: reqwest::Url,
+    /// The OS image download base, with `{channel}`.
+    pub os_image_base: String,
+}
+
+impl Default for ArtifactSources {
+    fn default() -> Self {
+        Self {
+            registries: std::collections::BTreeMap::new(),
+            sabakan: reqwest::Url::parse(DEFAULT_SABAKAN_URL)
+                .unwrap_or_else(|_| unreachable!("a constant URL")),
+            os_image_base: DEFAULT_OS_IMAGE_BASE.to_owned(),
+        }
+    }
+}
+
 /// The whole config file.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub etcd: EtcdConfig,
     pub github: GitHubConfig,
+    pub sources: ArtifactSources,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawFile {
+    etcd: RawEtcd,
+    github: Option<RawGitHub>,
+    #[serde(default)]
+    registries: std::collections::BTreeMap<String, String>,
+    sabakan: Option<RawSabakan>,
+    os_image: Option<RawOsImage>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawFile {
-    etcd: RawEtcd,
-    github: Option<RawGitHub>,
+struct RawSabakan {
+    url: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawOsImage {
+    base_url: String,
+}
+
+/// An absolute http(s) URL whose path ends with `/`, so that joining keeps it.
+fn base_url(text: &str) -> Result<reqwest::Url, String> {
+    let mut url = reqwest::Url::parse(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{text:?}: expected an http(s) URL"));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
 }
 
 #[derive(Deserialize)]
@@ -177,6 +235,23 @@ impl Config {
                 config
             }
         };
+        let mut sources = ArtifactSources::default();
+        for (host, url) in &raw.registries {
+            let url = base_url(url).map_err(|e| invalid("registries", format!("{host}: {e}")))?;
+            sources.registries.insert(host.clone(), url);
+        }
+        if let Some(sabakan) = &raw.sabakan {
+            sources.sabakan = base_url(&sabakan.url).map_err(|e| invalid("sabakan.url", e))?;
+        }
+        if let Some(os) = &raw.os_image {
+            base_url(&os.base_url.replace("{channel}", "stable"))
+                .map_err(|e| invalid("os-image.base-url", e))?;
+            sources.os_image_base = if os.base_url.ends_with('/') {
+                os.base_url.clone()
+            } else {
+                format!("{}/", os.base_url)
+            };
+        }
         let raw = raw.etcd;
         if raw.endpoints.is_empty() {
             return Err(invalid(
@@ -242,6 +317,7 @@ impl Config {
                 tls,
             },
             github,
+            sources,
         })
     }
 }
@@ -299,6 +375,15 @@ tls-key = "etc/neco/etcd.key"
 [github]
 api-url = "http://127.0.0.1:9999/api"
 repository = "example/neco"
+
+[registries]
+"ghcr.io" = "http://127.0.0.1:5000"
+
+[sabakan]
+url = "http://127.0.0.1:10080/"
+
+[os-image]
+base-url = "http://127.0.0.1:8000/{channel}"
 "#,
         )
         .unwrap();
@@ -310,6 +395,11 @@ repository = "example/neco"
         assert!(!format!("{:?}", c.etcd.password).contains("pw"));
         assert_eq!(c.github.api.as_str(), "http://127.0.0.1:9999/api/");
         assert_eq!(c.github.repository, "example/neco");
+        assert_eq!(
+            c.sources.registries["ghcr.io"].as_str(),
+            "http://127.0.0.1:5000/"
+        );
+        assert_eq!(c.sources.os_image_base, "http://127.0.0.1:8000/{channel}/");
     }
 
     #[test]

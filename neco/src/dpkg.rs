@@ -87,6 +87,39 @@ pub fn install(root: &Path, deb: &Path) -> Result<(), DpkgError> {
     Ok(())
 }
 
+/// Installs neco's own package. On a real boot server (root `/` with systemd running), dpkg
+/// runs in a transient unit (`systemd-run --wait`) outside the worker's cgroup, so that the
+/// package's `prerm`, which stops the worker, does not kill dpkg with it. Elsewhere it is
+/// [`install`].
+pub fn install_detached(root: &Path, deb: &Path) -> Result<(), DpkgError> {
+    if root != Path::new("/") || !Path::new("/run/systemd/system").exists() {
+        return install(root, deb);
+    }
+    let output = Command::new("systemd-run")
+        .args([
+            "--quiet",
+            "--wait",
+            "--collect",
+            "--setenv=DEBIAN_FRONTEND=noninteractive",
+        ])
+        .arg("dpkg")
+        .arg("--install")
+        .arg(deb)
+        .output()
+        .map_err(|source| DpkgError::Spawn {
+            program: "systemd-run",
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(DpkgError::Failed {
+            command: format!("systemd-run --wait dpkg --install {}", deb.display()),
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// Prepares an empty dpkg database under `root` (for a simulated boot server).
 pub fn init_root(root: &Path) -> std::io::Result<()> {
     let admin = admin_dir(root);

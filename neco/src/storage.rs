@@ -923,42 +923,28 @@ impl Storage {
         revision: i64,
         mut handle: impl FnMut(StatusEvent) -> Option<T>,
     ) -> Result<T> {
+        let mut events = self.status_events(revision).await?;
+        loop {
+            if let Some(done) = handle(events.next().await?) {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// The puts under `status/` from `revision + 1`, one at a time, for callers that do work
+    /// between events (the worker runs its steps between barriers).
+    pub async fn status_events(&self, revision: i64) -> Result<StatusEvents> {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1)
             .with_filters([WatchFilterType::NoDelete]);
-        let (_watcher, mut stream) = self.watch(keys::STATUS, options).await?;
-        loop {
-            let resp = stream
-                .message()
-                .await
-                .map_err(etcd_err("watch", &self.key(keys::STATUS)))?
-                .ok_or_else(|| self.ended(keys::STATUS, "closed"))?;
-            if resp.canceled() {
-                return Err(self.ended(keys::STATUS, &cancel_reason(&resp)));
-            }
-            for event in resp.events() {
-                if event.event_type() != EventType::Put {
-                    continue;
-                }
-                let Some(kv) = event.kv() else { continue };
-                let relative = self.relative(kv.key());
-                let value = String::from_utf8_lossy(kv.value());
-                let event = if relative == keys::CURRENT {
-                    StatusEvent::Request(self.decode(&relative, &value)?)
-                } else if let Some(lrn) = relative
-                    .strip_prefix(keys::STATUSES)
-                    .and_then(|s| s.parse::<Lrn>().ok())
-                {
-                    StatusEvent::Status(lrn, self.decode(&relative, &value)?)
-                } else {
-                    continue;
-                };
-                if let Some(done) = handle(event) {
-                    return Ok(done);
-                }
-            }
-        }
+        let (watcher, stream) = self.watch(keys::STATUS, options).await?;
+        Ok(StatusEvents {
+            storage: self.clone(),
+            _watcher: watcher,
+            stream,
+            pending: std::collections::VecDeque::new(),
+        })
     }
 
     /// Watches the liveness keys from `revision + 1` and returns the first server whose key
@@ -995,6 +981,61 @@ impl Storage {
         StorageError::WatchEnded {
             key: self.key(relative),
             message: message.to_owned(),
+        }
+    }
+}
+
+/// A watch on `status/` yielding one event at a time.
+pub struct StatusEvents {
+    storage: Storage,
+    _watcher: etcd_client::Watcher,
+    stream: etcd_client::WatchStream,
+    pending: std::collections::VecDeque<StatusEvent>,
+}
+
+impl std::fmt::Debug for StatusEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusEvents")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StatusEvents {
+    /// The next put of the request or of a worker status, in revision order.
+    pub async fn next(&mut self) -> Result<StatusEvent> {
+        let storage = &self.storage;
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Ok(event);
+            }
+            let resp = self
+                .stream
+                .message()
+                .await
+                .map_err(etcd_err("watch", &storage.key(keys::STATUS)))?
+                .ok_or_else(|| storage.ended(keys::STATUS, "closed"))?;
+            if resp.canceled() {
+                return Err(storage.ended(keys::STATUS, &cancel_reason(&resp)));
+            }
+            for event in resp.events() {
+                if event.event_type() != EventType::Put {
+                    continue;
+                }
+                let Some(kv) = event.kv() else { continue };
+                let relative = storage.relative(kv.key());
+                let value = String::from_utf8_lossy(kv.value());
+                if relative == keys::CURRENT {
+                    self.pending
+                        .push_back(StatusEvent::Request(storage.decode(&relative, &value)?));
+                } else if let Some(lrn) = relative
+                    .strip_prefix(keys::STATUSES)
+                    .and_then(|s| s.parse::<Lrn>().ok())
+                {
+                    self.pending
+                        .push_back(StatusEvent::Status(lrn, storage.decode(&relative, &value)?));
+                }
+            }
         }
     }
 }
