@@ -3,10 +3,10 @@
 use crate::generated::{self, Mode, PinnedSet};
 use crate::manifest::{Kind, Manifest};
 use crate::policy::Selection;
-use crate::registry::Credentials;
 use crate::resolve::{self, Endpoints, ResolveError, Resolver, RuleBook, SourceError};
 use anyhow::{bail, Context as _};
 use fetch::http::{Http, HttpOptions};
+use fetch::registry::Credentials;
 use fetch::Secret;
 use reqwest::Url;
 use std::collections::BTreeMap;

@@ -6,8 +6,8 @@
 //! `prettyplease`) → write atomically; it reads generated files back with `syn`
 //! ([`generated::parse`]), so `render(parse(file)) == file` and there is no second lock file.
 //!
-//! The HTTP edge (retries, per-host limits, [`Secret`]) and the GitHub client are the `fetch`
-//! crate's, shared with the daemons.
+//! The HTTP edge (retries, per-host limits, `Secret`), the OCI registry client
+//! (`fetch::registry`) and the GitHub client are the `fetch` crate's, shared with the daemons.
 //!
 //! Dependency rule: it uses only the model of the `artifacts` crate (`default-features =
 //! false`), never its generated data, so it builds and runs when a generated file is missing
@@ -18,5 +18,4 @@ pub mod feed;
 pub mod generated;
 pub mod manifest;
 pub mod policy;
-pub mod registry;
 pub mod resolve;

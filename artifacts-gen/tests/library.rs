@@ -8,7 +8,6 @@ mod common;
 
 use artifacts_gen::manifest::{Kind, Manifest};
 use artifacts_gen::policy::{Drop, Verdict};
-use artifacts_gen::registry::Credentials;
 use artifacts_gen::resolve::{Endpoints, ResolveError, Resolver, RuleBook, SourceError};
 use common::{deb, image, os, UNUSED_FEED};
 use dctest::{
@@ -16,6 +15,7 @@ use dctest::{
     RegistryStandInConfig, ReleaseSpec,
 };
 use fetch::http::{Http, RetryPolicy};
+use fetch::registry::Credentials;
 use fetch::Secret;
 use reqwest::Url;
 use std::collections::BTreeMap;

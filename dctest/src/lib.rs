@@ -12,8 +12,8 @@
 //! - loopback stand-ins, each on its own background thread with its own tokio runtime, so they
 //!   work from sync tests and from `#[tokio::test]`s alike: an OCI distribution registry that
 //!   follows the spec where Debian's registry does not ([`registry_standin`]), the GitHub
-//!   releases API ([`github`]), the OS release feed ([`feed`]) and a webhook sink
-//!   ([`webhook`]).
+//!   releases API ([`github`]), the OS release feed ([`feed`]), sabakan's image and asset
+//!   endpoints ([`sabakan`]) and a webhook sink ([`webhook`]).
 //!
 //! It must depend on no crate of this workspace, so any crate can use it as a dev-dependency
 //! without a dependency cycle. Every server listens on 127.0.0.1 and every request it makes
@@ -29,6 +29,7 @@ pub mod mirror;
 pub mod process;
 pub mod registry;
 pub mod registry_standin;
+pub mod sabakan;
 mod util;
 pub mod webhook;
 
@@ -39,5 +40,6 @@ pub use github::{AssetSpec, GitHubStandIn, ReleaseSpec};
 pub use process::{free_port, wait_for_http, ChildGuard};
 pub use registry::{PushedImage, Registry};
 pub use registry_standin::{Auth, Fault, RegistryStandIn, RegistryStandInConfig};
+pub use sabakan::SabakanStandIn;
 pub use util::{basic_authorization, sha256_digest};
 pub use webhook::{Notification, WebhookSink};

@@ -3,6 +3,8 @@
 //! It owns everything that talks HTTP to the outside world, so each idea lives in one place:
 //! - [`http`]: a client with a per-host concurrency limit, retries with backoff on 429 and
 //!   5xx honouring `Retry-After`, an optional proxy, and errors that name method and URL;
+//! - [`registry`]: the OCI distribution client (tag lists with `Link` pagination, bearer-token
+//!   challenges, basic credentials, manifest digests, manifests and blobs verified by digest);
 //! - [`github`]: the GitHub REST client (releases with `Link` pagination, latest release,
 //!   release by tag, asset download, asset sha256, rate limits as a distinct error);
 //! - [`Secret`]: tokens and passwords, never printed.
@@ -12,6 +14,7 @@
 
 pub mod github;
 pub mod http;
+pub mod registry;
 
 use sha2::{Digest as _, Sha256};
 

@@ -1,11 +1,26 @@
-//! Container images through the OCI distribution API: tag lists (with `Link` pagination) and
-//! manifest digests, anonymous or with credentials, answering bearer-token challenges.
+//! Container images through the OCI distribution API: tag lists (with `Link` pagination),
+//! manifest digests, manifests and blobs, anonymous or with credentials, answering
+//! bearer-token challenges.
+//!
+//! Everything fetched by content is verified: a manifest's digest is the sha256 of its bytes
+//! (checked against `Docker-Content-Digest` and against the reference when that is a digest),
+//! and a blob must hash to the digest it was asked for.
 
-use fetch::http::{next_link, require_success, Fetched, Http, HttpError};
-use fetch::{sha256_digest, Secret};
-use reqwest::header::{ACCEPT, WWW_AUTHENTICATE};
+use crate::http::{next_link, require_success, Fetched, Http, HttpError};
+use crate::{is_sha256_digest, sha256_digest, Secret};
+use bytes::Bytes;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
+
+/// Media type of an OCI image index.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Media type of an OCI image manifest.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Media type of a Docker manifest list (schema 2).
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Media type of a Docker image manifest (schema 2).
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 /// Every manifest type a tag may point to; the digest recorded is that of what the registry
 /// serves for these.
@@ -37,6 +52,31 @@ pub enum RegistryError {
     EndlessPages { url: String, pages: usize },
     #[error("{url}: the registry answered digest {digest:?}, which is not sha256:<64 hex>")]
     BadDigest { url: String, digest: String },
+    #[error("{reference:?} is neither a tag nor a sha256:<64 hex> digest")]
+    BadReference { reference: String },
+    #[error("{url}: the bytes received have digest {got}, but {expected} was expected ({what})")]
+    DigestMismatch {
+        url: String,
+        /// What the content should hash to.
+        expected: String,
+        /// What it hashes to.
+        got: String,
+        /// Where `expected` came from.
+        what: &'static str,
+    },
+    #[error("{url}: not a manifest: {message}")]
+    BadManifest { url: String, message: String },
+}
+
+/// A manifest (or index) as the registry served it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// Its media type: the document's `mediaType`, else the `Content-Type` of the answer.
+    pub media_type: String,
+    /// The bytes exactly as served: they are what the digest is of.
+    pub bytes: Bytes,
+    /// `sha256:<hex>` of `bytes`.
+    pub digest: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +92,13 @@ struct TokenResponse {
     access_token: Option<String>,
 }
 
+/// The one field of a manifest this module reads.
+#[derive(Debug, Deserialize)]
+struct MediaTypeField {
+    #[serde(default, rename = "mediaType")]
+    media_type: Option<String>,
+}
+
 /// A client for one repository of one registry. Keeps the token it earned.
 pub struct RepoClient<'a> {
     http: &'a Http,
@@ -61,6 +108,16 @@ pub struct RepoClient<'a> {
     path: String,
     credentials: Option<&'a Credentials>,
     authorization: Option<Authorization>,
+}
+
+impl std::fmt::Debug for RepoClient<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoClient")
+            .field("base", &self.base.as_str())
+            .field("path", &self.path)
+            .field("credentials", &self.credentials.map(|c| &c.username))
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the registry accepted.
@@ -95,13 +152,23 @@ impl<'a> RepoClient<'a> {
         })
     }
 
+    /// `/v2/<path>/manifests/<reference>` once `reference` is checked to be a tag or a digest.
+    fn manifest_url(&self, reference: &str) -> Result<Url, RegistryError> {
+        if !is_tag(reference) && !is_sha256_digest(reference) {
+            return Err(RegistryError::BadReference {
+                reference: reference.to_owned(),
+            });
+        }
+        self.url(&format!("manifests/{reference}"))
+    }
+
     /// Every tag of the repository, following `Link: <…>; rel="next"`.
     pub async fn list_tags(&mut self) -> Result<Vec<String>, RegistryError> {
         let mut url = self.url("tags/list")?;
         let mut tags = Vec::new();
         for _ in 0..MAX_PAGES {
             let page = self
-                .get(Method::GET, url.clone(), "application/json")
+                .request(Method::GET, url.clone(), "application/json")
                 .await?;
             let page = require_success("GET", page)?;
             let list: TagList = page.json()?;
@@ -120,8 +187,10 @@ impl<'a> RepoClient<'a> {
     /// The digest of the manifest a tag points to: `Docker-Content-Digest` of a HEAD request,
     /// or the sha256 of the body of a GET when the registry does not say.
     pub async fn manifest_digest(&mut self, tag: &str) -> Result<String, RegistryError> {
-        let url = self.url(&format!("manifests/{tag}"))?;
-        let head = self.get(Method::HEAD, url.clone(), MANIFEST_ACCEPT).await?;
+        let url = self.manifest_url(tag)?;
+        let head = self
+            .request(Method::HEAD, url.clone(), MANIFEST_ACCEPT)
+            .await?;
         let from_header = head
             .status
             .is_success()
@@ -132,21 +201,96 @@ impl<'a> RepoClient<'a> {
             None => {
                 let got = require_success(
                     "GET",
-                    self.get(Method::GET, url.clone(), MANIFEST_ACCEPT).await?,
+                    self.request(Method::GET, url.clone(), MANIFEST_ACCEPT)
+                        .await?,
                 )?;
                 sha256_digest(&got.body)
             }
         };
-        artifacts::check_digest(&digest).map_err(|_| RegistryError::BadDigest {
-            url: url.to_string(),
-            digest: digest.clone(),
-        })?;
+        if !is_sha256_digest(&digest) {
+            return Err(RegistryError::BadDigest {
+                url: url.to_string(),
+                digest,
+            });
+        }
         Ok(digest)
+    }
+
+    /// The manifest (or image index) `reference` (a tag or a `sha256:` digest) points to,
+    /// asking for every type of [`MANIFEST_ACCEPT`]. Its digest is the sha256 of the bytes,
+    /// which must equal `Docker-Content-Digest` when the registry sends one, and `reference`
+    /// when that is a digest.
+    pub async fn get_manifest(&mut self, reference: &str) -> Result<Manifest, RegistryError> {
+        let url = self.manifest_url(reference)?;
+        let got = require_success(
+            "GET",
+            self.request(Method::GET, url.clone(), MANIFEST_ACCEPT)
+                .await?,
+        )?;
+        let digest = sha256_digest(&got.body);
+        if let Some(answered) = got.header("docker-content-digest") {
+            // Only a sha256 digest can be compared; other algorithms are not checked here.
+            if answered.starts_with("sha256:") && answered != digest {
+                return Err(RegistryError::DigestMismatch {
+                    url: url.to_string(),
+                    expected: answered.to_owned(),
+                    got: digest,
+                    what: "the registry's Docker-Content-Digest",
+                });
+            }
+        }
+        if is_sha256_digest(reference) && reference != digest {
+            return Err(RegistryError::DigestMismatch {
+                url: url.to_string(),
+                expected: reference.to_owned(),
+                got: digest,
+                what: "the digest asked for",
+            });
+        }
+        let media_type =
+            manifest_media_type(&got).map_err(|message| RegistryError::BadManifest {
+                url: url.to_string(),
+                message,
+            })?;
+        Ok(Manifest {
+            media_type,
+            bytes: got.body,
+            digest,
+        })
+    }
+
+    /// The blob `digest` (`sha256:<hex>`), following redirects (to a storage host, say), and
+    /// verified: its bytes must hash to `digest`.
+    pub async fn get_blob(&mut self, digest: &str) -> Result<Bytes, RegistryError> {
+        if !is_sha256_digest(digest) {
+            return Err(RegistryError::BadReference {
+                reference: digest.to_owned(),
+            });
+        }
+        let url = self.url(&format!("blobs/{digest}"))?;
+        let mut got = self
+            .request(Method::GET, url.clone(), "application/octet-stream")
+            .await?;
+        if !got.status.is_success() {
+            // Name the blob URL asked for, not a (possibly signed) redirect target.
+            got.url = url.clone();
+        }
+        let got = require_success("GET", got)?;
+        let actual = sha256_digest(&got.body);
+        if actual != digest {
+            return Err(RegistryError::DigestMismatch {
+                url: url.to_string(),
+                expected: digest.to_owned(),
+                got: actual,
+                what: "the blob's digest",
+            });
+        }
+        Ok(got.body)
     }
 
     /// A request with the current authorization; on a 401 challenge, earn a token (or use
     /// basic credentials) and send it once more.
-    async fn get(
+    async fn request(
         &mut self,
         method: Method,
         url: Url,
@@ -262,6 +406,33 @@ impl<'a> RepoClient<'a> {
     }
 }
 
+/// Whether `reference` is a tag by the distribution grammar: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn is_tag(reference: &str) -> bool {
+    reference.len() <= 128
+        && reference
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && reference
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// The media type of a manifest answer: the document's `mediaType` when it has one (it is
+/// part of what the digest covers), else the `Content-Type` without parameters.
+fn manifest_media_type(got: &Fetched) -> Result<String, String> {
+    let field: MediaTypeField = serde_json::from_slice(&got.body)
+        .map_err(|e| format!("the body is not a JSON object ({e})"))?;
+    if let Some(media_type) = field.media_type.filter(|m| !m.is_empty()) {
+        return Ok(media_type);
+    }
+    got.header(CONTENT_TYPE.as_str())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| "neither a mediaType field nor a Content-Type header".to_owned())
+}
+
 /// A parsed `WWW-Authenticate` header: a scheme and `key="value"` parameters.
 #[derive(Debug, PartialEq, Eq)]
 struct Challenge {
@@ -336,5 +507,53 @@ mod tests {
         let basic = Challenge::parse(r#"Basic realm="Registry Realm""#).unwrap();
         assert_eq!(basic.scheme, "Basic");
         assert_eq!(basic.param("realm"), Some("Registry Realm"));
+    }
+
+    #[test]
+    fn references() {
+        for tag in ["3.5.15.1", "latest", "_x", "1.0-rc.1", &"a".repeat(128)] {
+            assert!(is_tag(tag), "{tag}");
+        }
+        for bad in [
+            "",
+            ".x",
+            "-x",
+            "a/b",
+            "../x",
+            "a:b",
+            "a b",
+            &"a".repeat(129),
+        ] {
+            assert!(!is_tag(bad), "{bad}");
+        }
+    }
+
+    fn answer(content_type: Option<&str>, body: &str) -> Fetched {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(content_type) = content_type {
+            headers.insert(CONTENT_TYPE, content_type.parse().unwrap());
+        }
+        Fetched {
+            url: Url::parse("https://r.example/v2/a/manifests/1").unwrap(),
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from(body.to_owned()),
+        }
+    }
+
+    #[test]
+    fn media_types() {
+        let with_field = answer(
+            Some("application/json"),
+            &format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}"}}"#),
+        );
+        assert_eq!(manifest_media_type(&with_field).unwrap(), OCI_INDEX);
+        let by_header = answer(
+            Some("application/vnd.oci.image.manifest.v1+json; charset=utf-8"),
+            r#"{"schemaVersion":2}"#,
+        );
+        assert_eq!(manifest_media_type(&by_header).unwrap(), OCI_MANIFEST);
+        assert!(manifest_media_type(&answer(None, r#"{"schemaVersion":2}"#)).is_err());
+        assert!(manifest_media_type(&answer(Some(OCI_MANIFEST), "<html>")).is_err());
     }
 }

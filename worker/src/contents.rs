@@ -1,0 +1,239 @@
+//! Sabakan contents: the pinned OS image and assets uploaded to sabakan by one worker at a
+//! time (reference/neco-cd.md §8.5, contents protocol).
+
+use bytes::Bytes;
+use fetch::http::{require_success, Http, HttpError};
+use neco::lease::Leadership;
+use neco::storage::{keys, Storage, StorageError};
+use neco::types::{ContentsStatus, Lrn};
+use reqwest::Url;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// The contents target in etcd (`contents/sabakan`).
+pub const TARGET: &str = "sabakan";
+/// TTL of the worker leadership held while uploading.
+pub const UPLOAD_TTL: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContentsError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("sabakan {url}: {message}")]
+    Sabakan { url: String, message: String },
+    #[error("OS image {version}: {message}")]
+    OsImage { version: String, message: String },
+    #[error("the sabakan contents of {version} failed on a preceding worker; fix the cause and run `neco recover`")]
+    FailedBefore { version: String },
+}
+
+#[derive(Debug, Deserialize)]
+struct IndexEntry {
+    id: String,
+}
+
+/// A client of sabakan's REST API (`/api/v1/images/coreos`, `/api/v1/assets`).
+#[derive(Debug)]
+pub struct Sabakan<'a> {
+    pub http: &'a Http,
+    pub base: Url,
+}
+
+impl Sabakan<'_> {
+    fn url(&self, path: &str) -> Result<Url, ContentsError> {
+        self.base.join(path).map_err(|e| ContentsError::Sabakan {
+            url: format!("{}{path}", self.base),
+            message: e.to_string(),
+        })
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<fetch::http::Fetched, ContentsError> {
+        let request = request.build().map_err(|e| ContentsError::Sabakan {
+            url: self.base.to_string(),
+            message: e.to_string(),
+        })?;
+        let method = request.method().to_string();
+        Ok(require_success(&method, self.http.fetch(request).await?)?)
+    }
+
+    /// The OS image ids sabakan holds.
+    pub async fn image_ids(&self) -> Result<Vec<String>, ContentsError> {
+        let url = self.url("api/v1/images/coreos")?;
+        let got = self.send(self.http.client().get(url)).await?;
+        let index: Vec<IndexEntry> = got.json()?;
+        Ok(index.into_iter().map(|e| e.id).collect())
+    }
+
+    /// Uploads an OS image: a tar archive holding `kernel` and `initrd`.
+    pub async fn put_image(&self, id: &str, archive: Vec<u8>) -> Result<(), ContentsError> {
+        let url = self.url(&format!("api/v1/images/coreos/{id}"))?;
+        self.send(
+            self.http
+                .client()
+                .put(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/tar")
+                .body(archive),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The asset names sabakan holds.
+    pub async fn asset_names(&self) -> Result<Vec<String>, ContentsError> {
+        let url = self.url("api/v1/assets")?;
+        let got = self.send(self.http.client().get(url)).await?;
+        Ok(got.json()?)
+    }
+
+    /// Uploads an asset with its sha256 for sabakan to verify.
+    pub async fn put_asset(
+        &self,
+        name: &str,
+        content_type: &str,
+        sha256_hex: &str,
+        content: Bytes,
+    ) -> Result<(), ContentsError> {
+        let url = self.url(&format!("api/v1/assets/{name}"))?;
+        self.send(
+            self.http
+                .client()
+                .put(url)
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .header("X-Sabakan-Asset-SHA256", sha256_hex)
+                .body(content),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// A file to upload as a sabakan asset.
+#[derive(Debug, Clone)]
+pub struct Asset {
+    pub name: String,
+    pub content_type: String,
+    /// Hex, without the `sha256:` prefix.
+    pub sha256_hex: String,
+    pub content: Bytes,
+}
+
+/// What to upload.
+#[derive(Debug, Clone)]
+pub struct Contents {
+    /// The OS image id (its version) and where its kernel and initrd are downloaded from.
+    pub os_version: String,
+    pub kernel_url: Url,
+    pub initrd_url: Url,
+    pub assets: Vec<Asset>,
+}
+
+/// A tar archive of the kernel and the initrd (`kernel`, `initrd.gz`), as sabakan's image API
+/// takes it.
+pub fn image_archive(kernel: &[u8], initrd: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, data) in [("kernel", kernel), ("initrd.gz", initrd)] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_cksum();
+        builder.append_data(&mut header, name, data)?;
+    }
+    builder.into_inner()
+}
+
+/// Uploads what the sabakan index lacks.
+pub async fn upload_missing(
+    sabakan: &Sabakan<'_>,
+    http: &Http,
+    contents: &Contents,
+) -> Result<(), ContentsError> {
+    let ids = sabakan.image_ids().await?;
+    if !ids.contains(&contents.os_version) {
+        let download = |url: Url| async move {
+            let request =
+                http.client()
+                    .get(url.clone())
+                    .build()
+                    .map_err(|e| ContentsError::OsImage {
+                        version: contents.os_version.clone(),
+                        message: format!("{url}: {e}"),
+                    })?;
+            let got = require_success("GET", http.fetch(request).await?)?;
+            Ok::<Bytes, ContentsError>(got.body)
+        };
+        let kernel = download(contents.kernel_url.clone()).await?;
+        let initrd = download(contents.initrd_url.clone()).await?;
+        let archive = image_archive(&kernel, &initrd).map_err(|e| ContentsError::OsImage {
+            version: contents.os_version.clone(),
+            message: e.to_string(),
+        })?;
+        sabakan.put_image(&contents.os_version, archive).await?;
+        tracing::info!(version = %contents.os_version, "uploaded the OS image to sabakan");
+    }
+    let names = sabakan.asset_names().await?;
+    for asset in &contents.assets {
+        if !names.contains(&asset.name) {
+            sabakan
+                .put_asset(
+                    &asset.name,
+                    &asset.content_type,
+                    &asset.sha256_hex,
+                    asset.content.clone(),
+                )
+                .await?;
+            tracing::info!(asset = %asset.name, "uploaded an asset to sabakan");
+        }
+    }
+    Ok(())
+}
+
+/// The contents protocol: one worker at a time (`leader/worker/`), recorded in
+/// `contents/sabakan` so that the others skip what is done.
+pub async fn update_contents(
+    storage: &Storage,
+    me: Lrn,
+    version: &str,
+    sabakan: &Sabakan<'_>,
+    http: &Http,
+    contents: &Contents,
+) -> Result<(), ContentsError> {
+    let leadership =
+        Leadership::campaign(storage, keys::LEADER_WORKER, &me.to_string(), UPLOAD_TTL).await?;
+    let result = async {
+        match storage.contents_status(TARGET).await? {
+            Some(st) if st.version == version && st.success => return Ok(()),
+            Some(st) if st.version == version => {
+                return Err(ContentsError::FailedBefore {
+                    version: version.to_owned(),
+                })
+            }
+            _ => {}
+        }
+        let upload = upload_missing(sabakan, http, contents).await;
+        let record = storage
+            .put_contents_status(
+                TARGET,
+                &ContentsStatus {
+                    version: version.to_owned(),
+                    success: upload.is_ok(),
+                },
+                leadership.key(),
+            )
+            .await;
+        // The upload's own error says more than a failed record.
+        upload?;
+        record?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = leadership.resign().await {
+        tracing::warn!(error = %e, "resigning the worker leadership failed");
+    }
+    result
+}

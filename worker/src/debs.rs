@@ -1,0 +1,247 @@
+//! Debian packages from GitHub releases: the pinned debs (step 2) and neco's own package
+//! (self-update). Nothing is installed unless its sha256 is the expected one.
+
+use bytes::Bytes;
+use fetch::github::{Asset, GitHub, GitHubError};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where downloaded packages are kept, relative to the root (also the source of the sabakan
+/// assets).
+pub const CACHE_DIR: &str = "var/lib/neco/debs";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DebError {
+    #[error("{package}: no release {tag} in {repository}")]
+    NoRelease {
+        package: String,
+        repository: String,
+        tag: String,
+    },
+    #[error("{package}: release {tag} has no asset {wanted}")]
+    NoAsset {
+        package: String,
+        tag: String,
+        wanted: String,
+    },
+    #[error("{package}: release {tag} publishes no sha256 for {asset} (neither GitHub's digest nor {asset}.sha256): refusing to install it")]
+    NoChecksum {
+        package: String,
+        tag: String,
+        asset: String,
+    },
+    #[error("{package}: {asset} has sha256 {got}, expected {expected}: not installed")]
+    Mismatch {
+        package: String,
+        asset: String,
+        expected: String,
+        got: String,
+    },
+    #[error("{package}: {source}")]
+    GitHub {
+        package: String,
+        source: GitHubError,
+    },
+    #[error("{package}: cannot write {path}: {source}")]
+    Write {
+        package: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{package}: {source}")]
+    Dpkg {
+        package: String,
+        source: neco::dpkg::DpkgError,
+    },
+}
+
+/// Attempts of a download before giving up (the asset API is retried by `fetch` too).
+const DOWNLOAD_ATTEMPTS: u32 = 3;
+const DOWNLOAD_PAUSE: Duration = Duration::from_secs(2);
+
+/// Finds a release by tag and its asset by a name predicate.
+pub async fn find_asset(
+    github: &GitHub<'_>,
+    package: &str,
+    repository: &str,
+    tag: &str,
+    wanted: &str,
+    matches: impl Fn(&str) -> bool,
+) -> Result<(Asset, Vec<Asset>), DebError> {
+    let release = github
+        .release_by_tag(repository, tag)
+        .await
+        .map_err(|source| DebError::GitHub {
+            package: package.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| DebError::NoRelease {
+            package: package.to_owned(),
+            repository: repository.to_owned(),
+            tag: tag.to_owned(),
+        })?;
+    let asset = release
+        .assets
+        .iter()
+        .find(|a| a.is_uploaded() && matches(&a.name))
+        .cloned()
+        .ok_or_else(|| DebError::NoAsset {
+            package: package.to_owned(),
+            tag: tag.to_owned(),
+            wanted: wanted.to_owned(),
+        })?;
+    Ok((asset, release.assets))
+}
+
+/// Downloads an asset with a few attempts.
+pub async fn download(
+    github: &GitHub<'_>,
+    package: &str,
+    asset: &Asset,
+) -> Result<Bytes, DebError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match github.download_asset(asset).await {
+            Ok(bytes) => return Ok(bytes),
+            Err(e @ (GitHubError::DigestMismatch { .. } | GitHubError::SizeMismatch { .. })) => {
+                return Err(DebError::GitHub {
+                    package: package.to_owned(),
+                    source: e,
+                })
+            }
+            Err(e) if attempt < DOWNLOAD_ATTEMPTS => {
+                tracing::warn!(package, asset = %asset.name, error = %e, attempt, "download failed; retrying");
+                tokio::time::sleep(DOWNLOAD_PAUSE).await;
+            }
+            Err(source) => {
+                return Err(DebError::GitHub {
+                    package: package.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// The published sha256 of an asset: GitHub's `digest`, else the first word of the
+/// `<asset>.sha256` asset of the same release.
+pub async fn published_sha256(
+    github: &GitHub<'_>,
+    package: &str,
+    tag: &str,
+    asset: &Asset,
+    all: &[Asset],
+) -> Result<String, DebError> {
+    if let Some(digest) = asset.digest.clone().filter(|d| fetch::is_sha256_digest(d)) {
+        return Ok(digest);
+    }
+    let sums_name = format!("{}.sha256", asset.name);
+    let no_checksum = || DebError::NoChecksum {
+        package: package.to_owned(),
+        tag: tag.to_owned(),
+        asset: asset.name.clone(),
+    };
+    let sums = all
+        .iter()
+        .find(|a| a.name == sums_name && a.is_uploaded())
+        .ok_or_else(no_checksum)?;
+    let text = download(github, package, sums).await?;
+    let hex = String::from_utf8_lossy(&text)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let digest = format!("sha256:{hex}");
+    if fetch::is_sha256_digest(&digest) {
+        Ok(digest)
+    } else {
+        Err(no_checksum())
+    }
+}
+
+/// Checks bytes against an expected `sha256:` digest.
+pub fn verify(package: &str, asset: &str, bytes: &[u8], expected: &str) -> Result<(), DebError> {
+    let got = fetch::sha256_digest(bytes);
+    if got == expected {
+        Ok(())
+    } else {
+        Err(DebError::Mismatch {
+            package: package.to_owned(),
+            asset: asset.to_owned(),
+            expected: expected.to_owned(),
+            got,
+        })
+    }
+}
+
+/// Writes a verified package to the cache under `root` (atomically) and returns its path.
+pub fn cache(root: &Path, package: &str, name: &str, bytes: &[u8]) -> Result<PathBuf, DebError> {
+    let dir = root.join(CACHE_DIR);
+    let path = dir.join(name);
+    let write_err = |source| DebError::Write {
+        package: package.to_owned(),
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(write_err)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(write_err)?;
+    tmp.write_all(bytes).map_err(write_err)?;
+    tmp.as_file().sync_all().map_err(write_err)?;
+    tmp.persist(&path).map_err(|e| write_err(e.error))?;
+    Ok(path)
+}
+
+/// Downloads, verifies against `expected` and installs one pinned package. Returns the path of
+/// the cached file.
+pub async fn install_pinned(
+    root: &Path,
+    github: &GitHub<'_>,
+    deb: &artifacts::DebianPackage,
+) -> Result<PathBuf, DebError> {
+    let package = deb.name.as_str();
+    let wanted = deb.asset.as_str();
+    let (asset, _) = find_asset(
+        github,
+        package,
+        deb.repository.as_str(),
+        deb.release.as_str(),
+        wanted,
+        |name| name == wanted,
+    )
+    .await?;
+    let bytes = download(github, package, &asset).await?;
+    verify(package, wanted, &bytes, deb.sha256.as_str())?;
+    let path = cache(root, package, wanted, &bytes)?;
+    neco::dpkg::install(root, &path).map_err(|source| DebError::Dpkg {
+        package: package.to_owned(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// The neco package of a release: `release-<version>`, the asset `^neco_.*\.deb$`, verified
+/// against its published sha256 and installed with dpkg. Nothing is installed on any failure.
+pub async fn install_neco(
+    root: &Path,
+    github: &GitHub<'_>,
+    repository: &str,
+    version: &str,
+) -> Result<(), DebError> {
+    let tag = format!("release-{version}");
+    let (asset, all) = find_asset(github, "neco", repository, &tag, "neco_*.deb", |name| {
+        name.starts_with("neco_") && name.ends_with(".deb")
+    })
+    .await?;
+    let expected = published_sha256(github, "neco", &tag, &asset, &all).await?;
+    let bytes = download(github, "neco", &asset).await?;
+    verify("neco", &asset.name, &bytes, &expected)?;
+    let path = cache(root, "neco", &asset.name, &bytes)?;
+    neco::dpkg::install_detached(root, &path).map_err(|source| DebError::Dpkg {
+        package: "neco".into(),
+        source,
+    })?;
+    tracing::info!(version, asset = %asset.name, "installed the neco package");
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! neco-worker: runs on every boot server; installs the neco release the updater requests
+//! (self-update by deb), then the pinned artifacts step by step in lock-step with its peers.
+
+use clap::Parser;
+use fetch::github::GitHub;
+use fetch::http::RetryPolicy;
+use neco::config::Config;
+use neco::lease::KeptLease;
+use neco::storage::{ConfigKey, Storage, LIVENESS_TTL};
+use neco::Secret;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use worker::run::{Exit, Worker};
+use worker::services::{ActionLog, ServiceManager, Systemd};
+use worker::steps::StepContext;
+
+/// Exit status after a new neco package was installed: the supervisor starts the new binary
+/// (the systemd unit restarts on it).
+const EXIT_UPDATED: u8 = 10;
+/// Exit status when the configuration or the installation is unusable.
+const EXIT_CONFIG: u8 = 2;
+/// Exit status of a failure a restart may cure (etcd unreachable, an aborted update).
+const EXIT_FAILURE: u8 = 1;
+/// Pause before trying a failed self-update again.
+const SELF_UPDATE_RETRY: Duration = Duration::from_secs(30);
+
+/// Installs the neco release the updater requests, then the pinned artifacts in lock-step with
+/// the other boot servers.
+#[derive(Debug, Parser)]
+#[command(
+    name = "neco-worker",
+    version,
+    after_help = "\
+Exit status: 0 after SIGTERM or SIGINT; 10 after installing a new neco package (the supervisor
+must start the new binary); 1 on a failure a restart may cure (etcd unreachable, an aborted
+update); 2 when the configuration, the rack file or the neco installation is unusable."
+)]
+struct Cli {
+    /// Root directory of the boot server (config, dpkg database, images, unit files).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+    /// How services are restarted: `systemd` (systemctl), or `log` (actions appended to
+    /// var/log/neco/services.log under the root, for machines without systemd).
+    #[arg(long, value_enum, default_value = "systemd")]
+    service_manager: Manager,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: neco::logging::LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Manager {
+    Systemd,
+    Log,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    neco::logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    runtime.block_on(async {
+        tokio::select! {
+            code = run(cli) => code,
+            () = neco::logging::terminated() => {
+                tracing::info!("terminated");
+                ExitCode::SUCCESS
+            }
+        }
+    })
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let setup = || -> Result<_, String> {
+        let config = Config::load(&cli.root).map_err(|e| format!("{e:#}"))?;
+        let lrn = neco::config::read_lrn(&cli.root).map_err(|e| format!("{e:#}"))?;
+        let version = neco::dpkg::installed_version(&cli.root, "neco")
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "the neco package is not installed under {}",
+                    cli.root.display()
+                )
+            })?;
+        Ok((config, lrn, version))
+    };
+    let (config, lrn, version) = match setup() {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match serve(&cli, &config, lrn, &version).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "exiting");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn serve(cli: &Cli, config: &Config, lrn: u32, version: &str) -> anyhow::Result<ExitCode> {
+    let storage = Storage::connect(&config.etcd).await?;
+    // Liveness: a key bound to a lease kept alive while this process runs. It is not revoked on
+    // exit, so a restart (self-update) within the TTL does not look like a death.
+    let mut lease = KeptLease::grant(&storage, LIVENESS_TTL).await?;
+    storage.put_alive(lrn, lease.id(), version).await?;
+    tracing::info!(lrn, version, "neco-worker started");
+
+    let proxy = storage.config(ConfigKey::Proxy).await?;
+    let token = storage
+        .config(ConfigKey::GitHubToken)
+        .await?
+        .map(Secret::new);
+    let http = neco::http_client(proxy.as_deref(), 4, RetryPolicy::default())
+        .map_err(anyhow::Error::msg)?;
+    let manager: Box<dyn ServiceManager> = match cli.service_manager {
+        Manager::Systemd => Box::new(Systemd),
+        Manager::Log => Box::new(ActionLog {
+            path: cli.root.join("var/log/neco/services.log"),
+        }),
+    };
+    let credentials = match (
+        std::env::var("NECO_REGISTRY_USERNAME").ok(),
+        std::env::var("NECO_REGISTRY_PASSWORD").ok(),
+    ) {
+        (Some(username), Some(password)) => Some(fetch::registry::Credentials {
+            username,
+            password: Secret::new(password),
+        }),
+        _ => None,
+    };
+    let worker = Worker {
+        storage: &storage,
+        lrn,
+        version: version.to_owned(),
+        steps: StepContext {
+            root: cli.root.clone(),
+            lrn,
+            storage: &storage,
+            http: &http,
+            github_api: config.github.api.clone(),
+            github_token: token.clone(),
+            sources: &config.sources,
+            registry_credentials: credentials,
+            service_manager: manager.as_ref(),
+        },
+    };
+    loop {
+        let exit = tokio::select! {
+            r = worker.run() => r?,
+            () = lease.lost() => anyhow::bail!("lost the liveness lease"),
+        };
+        match exit {
+            Exit::SelfUpdate(target) => {
+                tracing::info!(from = version, to = %target, "self-update");
+                let github = GitHub::new(&http, config.github.api.clone(), token.as_ref());
+                match worker::debs::install_neco(
+                    &cli.root,
+                    &github,
+                    &config.github.repository,
+                    &target,
+                )
+                .await
+                {
+                    Ok(()) => return Ok(ExitCode::from(EXIT_UPDATED)),
+                    Err(e) => {
+                        tracing::error!(error = %e, retry_in = ?SELF_UPDATE_RETRY, "self-update failed; nothing was installed");
+                        tokio::time::sleep(SELF_UPDATE_RETRY).await;
+                    }
+                }
+            }
+        }
+    }
+}
