@@ -2,7 +2,7 @@
 //! lock-step with the other workers (§8.4).
 
 use crate::barrier::{update_aborted, Barrier, Decision};
-use crate::steps::{final_step, Step, StepContext};
+use crate::steps::{final_step, Step, StepError};
 use neco::storage::{StatusEvent, Storage, StorageError};
 use neco::types::{update_completed, Lrn, UpdateCondition, UpdateRequest, UpdateStatus};
 
@@ -29,15 +29,28 @@ enum Outcome {
     Stopped,
 }
 
+/// What runs the steps: [`crate::steps::StepContext`] in production; tests of the protocol
+/// may count or fail steps.
+#[allow(async_fn_in_trait)]
+pub trait RunSteps {
+    async fn run_step(&self, step: Step, version: &str) -> Result<(), StepError>;
+}
+
+impl RunSteps for crate::steps::StepContext<'_> {
+    async fn run_step(&self, step: Step, version: &str) -> Result<(), StepError> {
+        self.run(step, version).await
+    }
+}
+
 /// One worker: this server's LRN and installed version.
-pub struct Worker<'a> {
+pub struct Worker<'a, S> {
     pub storage: &'a Storage,
     pub lrn: Lrn,
     pub version: String,
-    pub steps: StepContext<'a>,
+    pub steps: S,
 }
 
-impl Worker<'_> {
+impl<S: RunSteps> Worker<'_, S> {
     /// Follows requests until one asks for another version ([`Exit::SelfUpdate`]) or an error
     /// ends the process.
     pub async fn run(&self) -> Result<Exit, RunError> {
@@ -165,7 +178,7 @@ impl Worker<'_> {
                     .await);
             };
             tracing::info!(step = barrier.step, name = step.name(), "running step");
-            if let Err(e) = self.steps.run(step, &req.version).await {
+            if let Err(e) = self.steps.run_step(step, &req.version).await {
                 return Err(self.abort(&req.version, barrier.step, e.to_string()).await);
             }
             if barrier.step == final_step() {
