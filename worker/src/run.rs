@@ -54,10 +54,16 @@ impl<S: RunSteps> Worker<'_, S> {
     /// Follows requests until one asks for another version ([`Exit::SelfUpdate`]) or an error
     /// ends the process.
     pub async fn run(&self) -> Result<Exit, RunError> {
-        let (mut request, mut revision) = match self.storage.request().await? {
-            Some((req, rev)) => (Some(req), rev),
-            // Watch from the current revision (a compacted one would fail the watch).
-            None => (None, self.storage.snapshot().await?.revision),
+        let (mut request, mut revision) = loop {
+            if let Some((req, rev)) = self.storage.request().await? {
+                break (Some(req), rev);
+            }
+            // Watch from the revision at which there was no request (a compacted one would
+            // fail the watch); a request written since the first read is read again.
+            let snapshot = self.storage.snapshot().await?;
+            if snapshot.request.is_none() {
+                break (None, snapshot.revision);
+            }
         };
         loop {
             let Some(req) = request.take() else {
