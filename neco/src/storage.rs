@@ -267,20 +267,41 @@ impl Storage {
             timeout: duration::format(config.dial_timeout),
             message,
         };
-        let connect = Client::connect(config.endpoints.clone(), Some(options));
-        let mut client = tokio::time::timeout(config.dial_timeout, connect)
+        // One member at a time, in the configured order: etcd-client balances requests over
+        // every endpoint it is given without skipping a dead one, so a client of all members
+        // fails at random while any member is down. A process whose member dies later fails
+        // and is restarted by its supervisor, and then connects to a living member.
+        let mut failures = Vec::new();
+        for endpoint in &config.endpoints {
+            match Self::connect_one(endpoint, options.clone(), config.dial_timeout).await {
+                Ok(client) => {
+                    return Ok(Self {
+                        client,
+                        prefix: config.prefix.clone(),
+                    })
+                }
+                Err(message) => failures.push(format!("{endpoint}: {message}")),
+            }
+        }
+        Err(unreachable(failures.join("; ")))
+    }
+
+    async fn connect_one(
+        endpoint: &str,
+        options: ConnectOptions,
+        timeout: Duration,
+    ) -> std::result::Result<Client, String> {
+        let connect = Client::connect([endpoint], Some(options));
+        let mut client = tokio::time::timeout(timeout, connect)
             .await
-            .map_err(|_| unreachable("timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
         // A lazy channel connects on first use: prove that etcd answers.
-        tokio::time::timeout(config.dial_timeout, client.status())
+        tokio::time::timeout(timeout, client.status())
             .await
-            .map_err(|_| unreachable("timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
-        Ok(Self {
-            client,
-            prefix: config.prefix.clone(),
-        })
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        Ok(client)
     }
 
     /// The physical key of a relative key.
@@ -917,7 +938,8 @@ impl Storage {
     }
 
     /// Watches `status/` (request and worker statuses) from `revision + 1` and hands every put
-    /// to `handle` until it returns `Some`. Malformed values are errors naming their key.
+    /// to `handle` until it returns `Some`. Malformed values are logged with their key and
+    /// skipped: one bad value must not end the watch.
     pub async fn watch_status<T>(
         &self,
         revision: i64,
@@ -925,8 +947,18 @@ impl Storage {
     ) -> Result<T> {
         let mut events = self.status_events(revision).await?;
         loop {
-            if let Some(done) = handle(events.next().await?) {
-                return Ok(done);
+            match events.next().await {
+                Ok(event) => {
+                    if let Some(done) = handle(event) {
+                        return Ok(done);
+                    }
+                }
+                Err(StorageError::BadValue {
+                    key,
+                    value,
+                    message,
+                }) => tracing::error!(%key, %value, %message, "ignoring a malformed value"),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -990,7 +1022,9 @@ pub struct StatusEvents {
     storage: Storage,
     _watcher: etcd_client::Watcher,
     stream: etcd_client::WatchStream,
-    pending: std::collections::VecDeque<StatusEvent>,
+    /// Decoded events of the last response; a malformed value is an error of its own event
+    /// only, so the events after it are not lost.
+    pending: std::collections::VecDeque<Result<StatusEvent>>,
 }
 
 impl std::fmt::Debug for StatusEvents {
@@ -1007,7 +1041,7 @@ impl StatusEvents {
         let storage = &self.storage;
         loop {
             if let Some(event) = self.pending.pop_front() {
-                return Ok(event);
+                return event;
             }
             let resp = self
                 .stream
@@ -1027,13 +1061,16 @@ impl StatusEvents {
                 let value = String::from_utf8_lossy(kv.value());
                 if relative == keys::CURRENT {
                     self.pending
-                        .push_back(StatusEvent::Request(storage.decode(&relative, &value)?));
+                        .push_back(storage.decode(&relative, &value).map(StatusEvent::Request));
                 } else if let Some(lrn) = relative
                     .strip_prefix(keys::STATUSES)
                     .and_then(|s| s.parse::<Lrn>().ok())
                 {
-                    self.pending
-                        .push_back(StatusEvent::Status(lrn, storage.decode(&relative, &value)?));
+                    self.pending.push_back(
+                        storage
+                            .decode(&relative, &value)
+                            .map(|st| StatusEvent::Status(lrn, st)),
+                    );
                 }
             }
         }

@@ -12,7 +12,8 @@ pub type Lrn = u32;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateRequest {
     pub version: String,
-    /// Numerically sorted. neco may write `null` for an empty list.
+    /// Numerically sorted (also when read: neco (Go) writes the list in etcd's key order,
+    /// `[0,1,10,2]`). neco may write `null` for an empty list.
     #[serde(deserialize_with = "null_as_empty")]
     pub servers: Vec<Lrn>,
     pub stop: bool,
@@ -22,7 +23,9 @@ pub struct UpdateRequest {
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Lrn>, D::Error> {
-    Ok(Option::<Vec<Lrn>>::deserialize(d)?.unwrap_or_default())
+    let mut servers = Option::<Vec<Lrn>>::deserialize(d)?.unwrap_or_default();
+    servers.sort_unstable();
+    Ok(servers)
 }
 
 impl UpdateRequest {
@@ -142,6 +145,10 @@ mod tests {
         let zero =
             r#"{"version":"1","servers":[],"stop":false,"started_at":"0001-01-01T00:00:00Z"}"#;
         assert!(serde_json::from_str::<UpdateRequest>(zero).is_ok());
+        // neco's updater writes the servers in etcd's key order.
+        let go = r#"{"version":"1","servers":[0,1,10,2],"stop":false,"started_at":"0001-01-01T00:00:00Z"}"#;
+        let req: UpdateRequest = serde_json::from_str(go).unwrap();
+        assert_eq!(req.servers, vec![0, 1, 2, 10]);
     }
 
     #[test]

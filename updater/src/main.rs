@@ -77,27 +77,35 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // One shutdown signal for every phase: the leader resigns before exiting.
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        neco::logging::terminated().await;
+        let _ = stop.send(true);
+    });
+    let mut stopping = shutdown.clone();
     let result = async {
-        let storage = Storage::connect(&config.etcd).await?;
+        let storage = tokio::select! {
+            s = Storage::connect(&config.etcd) => s?,
+            Ok(_) = stopping.wait_for(|stop| *stop) => return Ok(()),
+        };
         let updater = server::Updater {
             storage,
             github: config.github.clone(),
             name: neco::hostname(),
             session_ttl: cli.session_ttl,
+            shutdown: shutdown.clone(),
         };
         updater.run().await.context("neco-updater stopped")
     };
-    tokio::select! {
-        r = result => match r {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "exiting");
-                ExitCode::from(EXIT_FAILURE)
-            }
-        },
-        () = neco::logging::terminated() => {
+    match result.await {
+        Ok(()) => {
             tracing::info!("terminated");
             ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "exiting");
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }

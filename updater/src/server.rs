@@ -22,6 +22,9 @@ pub struct Updater {
     pub name: String,
     /// TTL of the leadership lease.
     pub session_ttl: Duration,
+    /// Becomes true on SIGTERM/SIGINT: the leader resigns so that another instance takes over
+    /// at once instead of after the session TTL.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// How a wait for the workers ended.
@@ -36,6 +39,8 @@ pub enum WaitOutcome {
     TimedOut,
     /// Someone else changed the request.
     RequestChanged,
+    /// `config/worker-timeout` changed: decide again with the new deadline.
+    TimeoutChanged,
 }
 
 impl Updater {
@@ -43,19 +48,25 @@ impl Updater {
     /// error that a restart may cure (etcd unreachable, …).
     pub async fn run(&self) -> Result<(), StorageError> {
         loop {
-            let mut leadership = Leadership::campaign(
-                &self.storage,
-                keys::LEADER_UPDATER,
-                &self.name,
-                self.session_ttl,
-            )
-            .await?;
+            let mut leadership = tokio::select! {
+                l = Leadership::campaign(
+                    &self.storage,
+                    keys::LEADER_UPDATER,
+                    &self.name,
+                    self.session_ttl,
+                ) => l?,
+                () = self.stopping() => return Ok(()),
+            };
             let key = leadership.key().to_owned();
             tracing::info!(leader_key = %key, "became the leader");
             let result = tokio::select! {
                 r = self.run_loop(&key) => r,
                 r = self.check_releases(&key) => r,
                 () = leadership.lost() => Err(StorageError::NoLeader { key: key.clone() }),
+                () = self.stopping() => {
+                    tracing::info!("terminated; resigning the leadership");
+                    Ok(())
+                }
             };
             if let Err(e) = leadership.resign().await {
                 tracing::warn!(error = %e, "resigning failed");
@@ -67,6 +78,15 @@ impl Updater {
                 Err(e) => return Err(e),
                 Ok(()) => return Ok(()),
             }
+        }
+    }
+
+    /// Resolves once a shutdown is requested.
+    async fn stopping(&self) {
+        let mut shutdown = self.shutdown.clone();
+        if shutdown.wait_for(|stop| *stop).await.is_err() {
+            // No one can request a shutdown any more.
+            std::future::pending::<()>().await;
         }
     }
 
@@ -301,6 +321,16 @@ impl Updater {
             outcome = watch => outcome,
             dead = self.storage.wait_dead_server(snapshot.revision, &request.servers) => dead.map(WaitOutcome::Dead),
             () = tokio::time::sleep(remaining) => Ok(WaitOutcome::TimedOut),
+            changed = self.timeout_changed() => changed.map(|()| WaitOutcome::TimeoutChanged),
+        }
+    }
+
+    /// Resolves when `config/worker-timeout` changes.
+    async fn timeout_changed(&self) -> Result<(), StorageError> {
+        loop {
+            if self.storage.wait_config_change().await? == ConfigKey::WorkerTimeout.key() {
+                return Ok(());
+            }
         }
     }
 }
