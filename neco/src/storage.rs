@@ -839,18 +839,20 @@ impl Storage {
 
     // --- watches -----------------------------------------------------------------------------
 
-    /// Opens a watch on a relative key (or prefix) from `revision` (inclusive).
-    async fn watch(
-        &self,
-        relative: &str,
-        options: WatchOptions,
-    ) -> Result<(etcd_client::Watcher, etcd_client::WatchStream)> {
+    /// Opens a watch on a relative key (or prefix).
+    async fn watch(&self, relative: &str, options: WatchOptions) -> Result<Watch> {
         let key = self.key(relative);
-        self.client
+        let (watcher, stream) = self
+            .client
             .clone()
             .watch(key.as_bytes(), Some(options))
             .await
-            .map_err(etcd_err("watch", &key))
+            .map_err(etcd_err("watch", &key))?;
+        Ok(Watch {
+            _watcher: watcher,
+            stream,
+            key,
+        })
     }
 
     /// Returns after the first change under `info/` after `revision`.
@@ -858,20 +860,11 @@ impl Storage {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
-        let (_watcher, mut stream) = self.watch(keys::INFO, options).await?;
-        loop {
-            let resp = stream
-                .message()
-                .await
-                .map_err(etcd_err("watch", &self.key(keys::INFO)))?
-                .ok_or_else(|| self.ended(keys::INFO, "closed"))?;
-            if resp.canceled() {
-                return Err(self.ended(keys::INFO, &cancel_reason(&resp)));
-            }
-            if !resp.events().is_empty() {
-                return Ok(());
-            }
-        }
+        self.watch(keys::INFO, options)
+            .await?
+            .next()
+            .await
+            .map(|_| ())
     }
 
     /// Returns when `status/current` is deleted after `revision`.
@@ -879,20 +872,11 @@ impl Storage {
         let options = WatchOptions::new()
             .with_start_revision(revision + 1)
             .with_filters([WatchFilterType::NoPut]);
-        let (_watcher, mut stream) = self.watch(keys::CURRENT, options).await?;
-        loop {
-            let resp = stream
-                .message()
-                .await
-                .map_err(etcd_err("watch", &self.key(keys::CURRENT)))?
-                .ok_or_else(|| self.ended(keys::CURRENT, "closed"))?;
-            if resp.canceled() {
-                return Err(self.ended(keys::CURRENT, &cancel_reason(&resp)));
-            }
-            if !resp.events().is_empty() {
-                return Ok(());
-            }
-        }
+        self.watch(keys::CURRENT, options)
+            .await?
+            .next()
+            .await
+            .map(|_| ())
     }
 
     /// Returns the first request written after `revision`, with its revision.
@@ -900,17 +884,10 @@ impl Storage {
         let options = WatchOptions::new()
             .with_start_revision(revision + 1)
             .with_filters([WatchFilterType::NoDelete]);
-        let (_watcher, mut stream) = self.watch(keys::CURRENT, options).await?;
+        let mut watch = self.watch(keys::CURRENT, options).await?;
         loop {
-            let resp = stream
-                .message()
-                .await
-                .map_err(etcd_err("watch", &self.key(keys::CURRENT)))?
-                .ok_or_else(|| self.ended(keys::CURRENT, "closed"))?;
-            if resp.canceled() {
-                return Err(self.ended(keys::CURRENT, &cancel_reason(&resp)));
-            }
-            if let Some(kv) = resp.events().first().and_then(|e| e.kv()) {
+            let events = watch.next().await?;
+            if let Some(kv) = events.first().and_then(|e| e.kv()) {
                 let value = String::from_utf8_lossy(kv.value());
                 return Ok((self.decode(keys::CURRENT, &value)?, kv.mod_revision()));
             }
@@ -919,19 +896,12 @@ impl Storage {
 
     /// Returns when anything under `config/` changes from now on.
     pub async fn wait_config_change(&self) -> Result<String> {
-        let (_watcher, mut stream) = self
+        let mut watch = self
             .watch(keys::CONFIG, WatchOptions::new().with_prefix())
             .await?;
         loop {
-            let resp = stream
-                .message()
-                .await
-                .map_err(etcd_err("watch", &self.key(keys::CONFIG)))?
-                .ok_or_else(|| self.ended(keys::CONFIG, "closed"))?;
-            if resp.canceled() {
-                return Err(self.ended(keys::CONFIG, &cancel_reason(&resp)));
-            }
-            if let Some(kv) = resp.events().first().and_then(|e| e.kv()) {
+            let events = watch.next().await?;
+            if let Some(kv) = events.first().and_then(|e| e.kv()) {
                 return Ok(self.relative(kv.key()));
             }
         }
@@ -970,11 +940,9 @@ impl Storage {
             .with_prefix()
             .with_start_revision(revision + 1)
             .with_filters([WatchFilterType::NoDelete]);
-        let (watcher, stream) = self.watch(keys::STATUS, options).await?;
         Ok(StatusEvents {
             storage: self.clone(),
-            _watcher: watcher,
-            stream,
+            watch: self.watch(keys::STATUS, options).await?,
             pending: std::collections::VecDeque::new(),
         })
     }
@@ -986,17 +954,10 @@ impl Storage {
             .with_prefix()
             .with_start_revision(revision + 1)
             .with_filters([WatchFilterType::NoPut]);
-        let (_watcher, mut stream) = self.watch(keys::ALIVE, options).await?;
+        let mut watch = self.watch(keys::ALIVE, options).await?;
         loop {
-            let resp = stream
-                .message()
-                .await
-                .map_err(etcd_err("watch", &self.key(keys::ALIVE)))?
-                .ok_or_else(|| self.ended(keys::ALIVE, "closed"))?;
-            if resp.canceled() {
-                return Err(self.ended(keys::ALIVE, &cancel_reason(&resp)));
-            }
-            for event in resp.events() {
+            let events = watch.next().await?;
+            for event in &events {
                 let lrn = event.kv().and_then(|kv| {
                     self.relative(kv.key())
                         .strip_prefix(keys::ALIVE)
@@ -1008,20 +969,12 @@ impl Storage {
             }
         }
     }
-
-    fn ended(&self, relative: &str, message: &str) -> StorageError {
-        StorageError::WatchEnded {
-            key: self.key(relative),
-            message: message.to_owned(),
-        }
-    }
 }
 
 /// A watch on `status/` yielding one event at a time.
 pub struct StatusEvents {
     storage: Storage,
-    _watcher: etcd_client::Watcher,
-    stream: etcd_client::WatchStream,
+    watch: Watch,
     /// Decoded events of the last response; a malformed value is an error of its own event
     /// only, so the events after it are not lost.
     pending: std::collections::VecDeque<Result<StatusEvent>>,
@@ -1043,16 +996,7 @@ impl StatusEvents {
             if let Some(event) = self.pending.pop_front() {
                 return event;
             }
-            let resp = self
-                .stream
-                .message()
-                .await
-                .map_err(etcd_err("watch", &storage.key(keys::STATUS)))?
-                .ok_or_else(|| storage.ended(keys::STATUS, "closed"))?;
-            if resp.canceled() {
-                return Err(storage.ended(keys::STATUS, &cancel_reason(&resp)));
-            }
-            for event in resp.events() {
+            for event in self.watch.next().await? {
                 if event.event_type() != EventType::Put {
                     continue;
                 }
@@ -1072,6 +1016,41 @@ impl StatusEvents {
                             .map(|st| StatusEvent::Status(lrn, st)),
                     );
                 }
+            }
+        }
+    }
+}
+
+/// An open watch; dropping it cancels the watch.
+struct Watch {
+    _watcher: etcd_client::Watcher,
+    stream: etcd_client::WatchStream,
+    /// The physical key, for errors.
+    key: String,
+}
+
+impl Watch {
+    /// The events of the next response that has any. A closed or canceled watch (a compacted
+    /// revision, …) is an error naming the key.
+    async fn next(&mut self) -> Result<Vec<etcd_client::Event>> {
+        loop {
+            let resp = self
+                .stream
+                .message()
+                .await
+                .map_err(etcd_err("watch", &self.key))?
+                .ok_or_else(|| StorageError::WatchEnded {
+                    key: self.key.clone(),
+                    message: "closed".into(),
+                })?;
+            if resp.canceled() {
+                return Err(StorageError::WatchEnded {
+                    key: self.key.clone(),
+                    message: cancel_reason(&resp),
+                });
+            }
+            if !resp.events().is_empty() {
+                return Ok(resp.events().to_vec());
             }
         }
     }
