@@ -8,6 +8,7 @@
 //! Dependency rule: it may use `fetch` (HTTP edge, GitHub client) and `artifacts`, never the
 //! daemons (`updater`, `worker`), which depend on it.
 
+pub mod cli;
 pub mod config;
 pub mod dpkg;
 pub mod duration;
@@ -15,6 +16,7 @@ pub mod lease;
 pub mod logging;
 pub mod notify;
 pub mod release;
+pub mod status;
 pub mod storage;
 pub mod types;
 

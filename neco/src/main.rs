@@ -1,94 +1,15 @@
 //! `neco`: the operator CLI of the boot servers.
 
 use anyhow::{bail, Context as _};
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
+use neco::cli::{Cli, Command, ConfigCommand};
 use neco::config::Config;
 use neco::release::ReleaseVersion;
 use neco::storage::{
     ConfigKey, Env, Storage, StorageError, DEFAULT_CHECK_UPDATE_INTERVAL, DEFAULT_WORKER_TIMEOUT,
 };
-use neco::types::{update_completed, Lrn, UpdateCondition};
 use std::io::Read as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// Operate the neco boot servers: configuration, update status and recovery, membership.
-#[derive(Debug, Parser)]
-#[command(name = "neco", version)]
-struct Cli {
-    /// Root directory under which etc/neco/config.toml and the dpkg database are read.
-    #[arg(long, value_name = "DIR", default_value = "/", global = true)]
-    root: PathBuf,
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value = "human", global = true)]
-    log_format: neco::logging::LogFormat,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Read or change the cluster configuration stored in etcd.
-    Config {
-        #[command(subcommand)]
-        command: ConfigCommand,
-    },
-    /// Show the boot servers and the progress of the current update.
-    Status {
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Clear a stopped update (its request, statuses and contents records) so that the updater
-    /// starts it again. Refuses an update that is not stopped.
-    Recover,
-    /// First setup of a cluster: register the boot servers and request an update to the neco
-    /// version installed on this server.
-    Setup {
-        /// The LRNs of every boot server.
-        #[arg(required = true, value_name = "LRN")]
-        lrns: Vec<Lrn>,
-    },
-    /// Register a boot server; the updater reconfigures the cluster once the current update
-    /// is complete.
-    Join {
-        #[arg(value_name = "LRN")]
-        lrn: Lrn,
-    },
-    /// Remove a boot server and what it recorded as installed.
-    Leave {
-        #[arg(value_name = "LRN")]
-        lrn: Lrn,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum ConfigCommand {
-    /// Set a key. Keys: env (none, test, staging, prod), slack (webhook URL), proxy (URL),
-    /// check-update-interval and worker-timeout (durations such as 10m or 1h), github-token
-    /// (read from standard input when VALUE is omitted or `-`), test-version (YYYY.MM.DD-N).
-    Set {
-        #[arg(value_name = "KEY", value_parser = parse_key)]
-        key: ConfigKey,
-        #[arg(value_name = "VALUE")]
-        value: Option<String>,
-    },
-    /// Print a key's value (the default when unset; github-token is masked).
-    Get {
-        #[arg(value_name = "KEY", value_parser = parse_key)]
-        key: ConfigKey,
-        /// Print the GitHub token itself.
-        #[arg(long)]
-        show_secret: bool,
-    },
-}
-
-fn parse_key(text: &str) -> Result<ConfigKey, String> {
-    ConfigKey::from_name(text).ok_or_else(|| {
-        let names: Vec<&str> = ConfigKey::ALL.iter().map(|k| k.name()).collect();
-        format!("unknown key {text:?}; keys: {}", names.join(", "))
-    })
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -243,132 +164,12 @@ fn format_duration(stored: Option<String>, default: std::time::Duration) -> Stri
         .map_or_else(|| neco::duration::format(default), neco::duration::format)
 }
 
-#[derive(serde::Serialize)]
-struct StatusJson {
-    servers: Vec<Lrn>,
-    alive: Vec<Lrn>,
-    request: Option<RequestJson>,
-    malformed: Vec<(String, String)>,
-}
-
-#[derive(serde::Serialize)]
-struct RequestJson {
-    version: String,
-    servers: Vec<Lrn>,
-    stopped: bool,
-    started_at: String,
-    /// clear | running | aborted | completed
-    state: &'static str,
-    statuses: Vec<ServerJson>,
-}
-
-#[derive(serde::Serialize)]
-struct ServerJson {
-    lrn: Lrn,
-    alive: bool,
-    step: Option<u32>,
-    condition: String,
-    message: String,
-}
-
 async fn status(storage: &Storage, json: bool) -> anyhow::Result<ExitCode> {
-    let snapshot = storage.snapshot().await?;
-    let alive = storage.alive_servers().await?;
-    let request = snapshot.request.as_ref().map(|req| {
-        let aborted = snapshot
-            .statuses
-            .values()
-            .any(|st| st.version == req.version && st.cond == UpdateCondition::Aborted);
-        let state = if aborted {
-            "aborted"
-        } else if update_completed(&req.version, &req.servers, &snapshot.statuses) {
-            "completed"
-        } else {
-            "running"
-        };
-        let statuses = req
-            .servers
-            .iter()
-            .map(|lrn| {
-                let st = snapshot
-                    .statuses
-                    .get(lrn)
-                    .filter(|st| st.version == req.version);
-                ServerJson {
-                    lrn: *lrn,
-                    alive: alive.contains(lrn),
-                    step: st.map(|s| s.step),
-                    condition: st.map_or_else(|| "not started".into(), |s| s.cond.to_string()),
-                    message: st.map(|s| s.message.clone()).unwrap_or_default(),
-                }
-            })
-            .collect();
-        RequestJson {
-            version: req.version.clone(),
-            servers: req.servers.clone(),
-            stopped: req.stop,
-            started_at: req
-                .started_at
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-            state,
-            statuses,
-        }
-    });
-    let report = StatusJson {
-        servers: snapshot.servers.clone(),
-        alive,
-        request,
-        malformed: snapshot.malformed.clone(),
-    };
+    let report = neco::status::Report::read(storage).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!("Boot servers: {:?}", report.servers);
-    println!("Alive: {:?}", report.alive);
-    println!(
-        "Latest release: {}",
-        if snapshot.latest.is_empty() {
-            "-"
-        } else {
-            &snapshot.latest
-        }
-    );
-    println!("Update process");
-    match &report.request {
-        None => println!("    status: clear"),
-        Some(req) => {
-            println!(
-                "    status: {}{}",
-                req.state,
-                if req.stopped {
-                    " (stopped: run `neco recover` after fixing the cause)"
-                } else {
-                    ""
-                }
-            );
-            println!("    version: {}", req.version);
-            println!("    members: {:?}", req.servers);
-            println!("    started: {}", req.started_at);
-            for st in &req.statuses {
-                println!(
-                    "Boot server {}{}",
-                    st.lrn,
-                    if st.alive { "" } else { " (not alive)" }
-                );
-                if let Some(step) = st.step {
-                    println!("    step: {step}");
-                }
-                println!("    condition: {}", st.condition);
-                if !st.message.is_empty() {
-                    println!("    message: {}", st.message);
-                }
-            }
-        }
-    }
-    for (key, error) in &report.malformed {
-        println!("malformed value at {key}: {error}");
+    } else {
+        print!("{}", report.text());
     }
     Ok(ExitCode::SUCCESS)
 }

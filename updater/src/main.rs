@@ -1,57 +1,20 @@
 //! neco-updater: the leader-elected daemon that finds new neco releases and drives the
 //! lock-step update of the boot servers through etcd.
 //!
-//! It owns leadership, the release checker and the execution of the pure decision core
-//! [`action::next_action`]. It depends on `neco` (storage, config, notifier) and `fetch`
-//! (GitHub), never on the worker.
-
-mod action;
-mod checker;
-mod server;
+//! The daemon's parts live in the library (`updater`); this is the process around them.
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::Parser as _;
 use neco::config::Config;
 use neco::storage::Storage;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use updater::cli::Cli;
+use updater::server;
 
 /// Exit status when the configuration is unusable (a restart does not help).
 const EXIT_CONFIG: u8 = 2;
 /// Exit status of any other failure (etcd unreachable, …): the supervisor restarts the daemon.
 const EXIT_FAILURE: u8 = 1;
-
-/// Finds new neco releases and drives the update of every boot server through etcd.
-///
-/// All instances campaign on `leader/updater/`; the leader checks GitHub for releases
-/// (`config/env`: none, test, staging, prod), writes the update request, waits for the
-/// workers, stops the update on an abort, a dead server or the worker timeout, and sends
-/// notifications to `config/notification/slack`. Configuration changes in etcd apply without a
-/// restart.
-#[derive(Debug, Parser)]
-#[command(
-    name = "neco-updater",
-    version,
-    after_help = "\
-Exit status: 0 after SIGTERM or SIGINT, 1 on a failure a restart may cure (etcd unreachable),
-2 when the configuration file is unusable."
-)]
-struct Cli {
-    /// Root directory under which etc/neco/config.toml is read.
-    #[arg(long, value_name = "DIR", default_value = "/")]
-    root: PathBuf,
-    /// TTL of the leadership lease: how soon another instance takes over after this one dies.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-    session_ttl: Duration,
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value = "human")]
-    log_format: neco::logging::LogFormat,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    neco::duration::parse(text).map_err(|e| e.to_string())
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -75,6 +75,15 @@ async fn bootstrap_update_completes_and_notifies_once() {
     let up = dc.updater(0);
     up.wait_log("became the leader", secs(10)).await;
     up.wait_action("wait-for-workers", 1, secs(10)).await;
+    // What `neco status` shows as the update moves through its states.
+    let report = neco::status::Report::read(&dc.storage).await.unwrap();
+    let req = report.request.as_ref().unwrap();
+    assert_eq!((req.state, req.stopped), ("running", false));
+    assert!(
+        req.statuses.iter().all(|s| s.condition == "not started"),
+        "{}",
+        report.text()
+    );
 
     // Two of three workers done: not yet a success.
     for step in 1..=3 {
@@ -82,6 +91,15 @@ async fn bootstrap_update_completes_and_notifies_once() {
             dc.status(lrn, V1, step, Running).await;
         }
     }
+    let text = neco::status::Report::read(&dc.storage)
+        .await
+        .unwrap()
+        .text();
+    assert!(text.contains("    status: running\n"), "{text}");
+    assert!(
+        text.contains("Boot server 2 (not alive)\n    step: 3\n    condition: running\n"),
+        "{text}"
+    );
     dc.status(0, V1, 3, Completed).await;
     dc.status(1, V1, 3, Completed).await;
     // A completion of another version does not count either.
@@ -101,6 +119,12 @@ async fn bootstrap_update_completes_and_notifies_once() {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap()
     );
+
+    let text = neco::status::Report::read(&dc.storage)
+        .await
+        .unwrap()
+        .text();
+    assert!(text.contains("    status: completed\n"), "{text}");
 
     // Completed, same servers, same version: the updater waits for info/ (§14 `completed`).
     up.wait_action("wait-for-info", 1, secs(10)).await;
@@ -434,6 +458,18 @@ async fn an_aborted_worker_stops_the_update_and_recover_restarts_it() {
     up.wait_action("wait-for-user-recovery", 1, secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(dc.titled(FAILURE).len(), 1, "{:?}", dc.notifications());
+    let text = neco::status::Report::read(&dc.storage)
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        text.contains("    status: aborted (stopped: run `neco recover` after fixing the cause)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("    message: pull ghcr.io/cybozu/etcd: 404\n"),
+        "{text}"
+    );
 
     // neco recover: the updater requests the latest version again, from scratch.
     dc.storage.clear_status_and_contents().await.unwrap();
