@@ -6,6 +6,8 @@
 
 use crate::error::{Error, Result};
 use crate::process::{free_port, ChildGuard};
+use crate::util::base64_decode;
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -13,6 +15,9 @@ use tempfile::TempDir;
 
 /// The etcd server binary of Debian's `etcd-server`.
 pub const DEFAULT_BINARY: &str = "/usr/bin/etcd";
+/// The client of Debian's `etcd-client`, used to read what the daemons wrote (this crate
+/// links no etcd client library, so that `xtask` builds without `protoc`).
+pub const ETCDCTL: &str = "/usr/bin/etcdctl";
 /// How long a start waits for every member to report healthy.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts to start when a chosen port was taken meanwhile.
@@ -231,6 +236,120 @@ impl EtcdCluster {
     /// The directory holding every member's data and logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// One key as `etcdctl get -w json` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    /// The value as text (lossy for non-UTF-8 bytes).
+    pub value: String,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    /// The lease the key is bound to, 0 for none.
+    pub lease: i64,
+}
+
+#[derive(Deserialize)]
+struct RawRange {
+    #[serde(default)]
+    kvs: Vec<RawKeyValue>,
+}
+
+#[derive(Deserialize)]
+struct RawKeyValue {
+    key: String,
+    #[serde(default)]
+    value: String,
+    #[serde(default)]
+    create_revision: i64,
+    #[serde(default)]
+    mod_revision: i64,
+    #[serde(default)]
+    lease: i64,
+}
+
+impl EtcdCluster {
+    /// An `etcdctl` (API v3) command against the members that run, with short timeouts.
+    pub fn etcdctl(&self) -> Command {
+        let endpoints = self
+            .members
+            .iter()
+            .filter(|m| m.process.is_some())
+            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut command = Command::new(ETCDCTL);
+        command
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"))
+            .arg("--dial-timeout=2s")
+            .arg("--command-timeout=5s");
+        command
+    }
+
+    /// Runs `etcdctl` with `args` and returns its stdout; a failure carries its stderr.
+    pub fn etcdctl_output(&self, args: &[&str]) -> Result<String> {
+        let output = self
+            .etcdctl()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound => Error::MissingProgram {
+                    program: ETCDCTL.into(),
+                    hint: "install the Debian package etcd-client".into(),
+                },
+                _ => Error::Io {
+                    context: format!("running etcdctl {}", args.join(" ")),
+                    source,
+                },
+            })?;
+        if !output.status.success() {
+            return Err(Error::ProcessExited {
+                name: format!("etcdctl {}", args.join(" ")),
+                status: output.status.to_string(),
+                output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Every key under `prefix`, in key order.
+    pub fn get_prefix(&self, prefix: &str) -> Result<Vec<KeyValue>> {
+        self.range(&["get", "--prefix", "-w", "json", prefix])
+    }
+
+    /// One key.
+    pub fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        Ok(self.range(&["get", "-w", "json", key])?.into_iter().next())
+    }
+
+    fn range(&self, args: &[&str]) -> Result<Vec<KeyValue>> {
+        let text = self.etcdctl_output(args)?;
+        let raw: RawRange = serde_json::from_str(&text)?;
+        let decode = |field: &str, text: &str| {
+            base64_decode(text)
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "etcdctl printed a {field} that is not base64: {text:?}"
+                    ))
+                })
+        };
+        raw.kvs
+            .into_iter()
+            .map(|kv| {
+                Ok(KeyValue {
+                    key: decode("key", &kv.key)?,
+                    value: decode("value", &kv.value)?,
+                    create_revision: kv.create_revision,
+                    mod_revision: kv.mod_revision,
+                    lease: kv.lease,
+                })
+            })
+            .collect()
     }
 }
 

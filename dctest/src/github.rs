@@ -2,6 +2,8 @@
 //! documentation. Tests add data at runtime through [`GitHubStandIn`]'s methods; clients see it
 //! over HTTP on 127.0.0.1.
 //!
+//! Faults for tests of interrupted or corrupted uploads: [`GitHubStandIn::fail_next_upload`].
+//!
 //! Differences from GitHub kept on purpose: uploads go to the same host as the API, asset
 //! downloads redirect to `/download/<id>/<name>` on the same host, drafts are listed to every
 //! client, and timestamps are deterministic (2024-01-01T00:00:00Z plus one second per object
@@ -98,6 +100,17 @@ impl AssetSpec {
             with_digest,
         }
     }
+}
+
+/// What an upload does instead of succeeding, set with [`GitHubStandIn::fail_next_upload`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadFault {
+    /// The upload is cut off: the asset stays in state `starter` (as GitHub leaves it) and the
+    /// answer is 502. Uploading the same name again is refused until the asset is deleted.
+    Interrupt,
+    /// The asset is stored, in state `uploaded`, with other bytes than were sent (the last byte
+    /// changed), as a transfer corrupted on the way would leave it.
+    Corrupt,
 }
 
 /// One request received, as recorded by the stand-in.
@@ -292,6 +305,12 @@ impl GitHubStandIn {
             .map(|(_, _, asset)| asset.content.clone())
     }
 
+    /// Makes the next upload (to any release) fail with `fault`; several calls queue faults
+    /// for the uploads that follow.
+    pub fn fail_next_upload(&self, fault: UploadFault) {
+        lock(&self.shared.data).upload_faults.push(fault);
+    }
+
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<RequestRecord> {
         lock(&self.shared.data).log.clone()
@@ -311,6 +330,8 @@ struct Data {
     repos: BTreeMap<String, Vec<Release>>,
     last_id: u64,
     log: Vec<RequestRecord>,
+    /// Faults for the next uploads, first one first.
+    upload_faults: Vec<UploadFault>,
 }
 
 #[derive(Debug, Clone)]
@@ -931,17 +952,37 @@ impl Shared {
         if release.assets.iter().any(|a| a.name == name) {
             return validation_failed("ReleaseAsset", "already_exists", "name");
         }
+        let fault = (!data.upload_faults.is_empty()).then(|| data.upload_faults.remove(0));
+        let Some(release) = data.release_mut(&key, id) else {
+            return not_found();
+        };
+        let mut content = req.body.to_vec();
+        let mut state = AssetState::Uploaded;
+        match fault {
+            None => {}
+            Some(UploadFault::Interrupt) => {
+                content.clear();
+                state = AssetState::Starter;
+            }
+            Some(UploadFault::Corrupt) => match content.last_mut() {
+                Some(last) => *last ^= 0xff,
+                None => content.push(0),
+            },
+        }
         let mut asset = Asset::new(
             asset_id,
             name.to_owned(),
             content_type,
-            req.body.to_vec(),
-            AssetState::Uploaded,
+            content,
+            state,
             true,
         );
         asset.label = label;
         let value = asset.json(&self.base_url, &key);
         release.assets.push(asset);
+        if fault == Some(UploadFault::Interrupt) {
+            return message(StatusCode::BAD_GATEWAY, "Upload interrupted");
+        }
         json_response(StatusCode::CREATED, &value)
     }
 

@@ -9,6 +9,11 @@
 //!   and restarted;
 //! - [`debs`]: reproducible Debian packages built with `dpkg-deb`;
 //! - [`mirror`]: a local mirror of upstream (registry, GitHub, feed) seeded from a TOML file;
+//! - [`supervisor`]: daemons run like systemd's `Restart=always` (restart after every exit,
+//!   exit codes recorded, output appended to a log, killed by PID on stop, drop and panic);
+//! - [`datacenter`]: the whole virtual data center of the suites (3 etcd members, the mirror,
+//!   the stand-ins and boot servers with the neco package installed into their own roots and
+//!   its daemons supervised);
 //! - loopback stand-ins, each on its own background thread with its own tokio runtime, so they
 //!   work from sync tests and from `#[tokio::test]`s alike: an OCI distribution registry that
 //!   follows the spec where Debian's registry does not ([`registry_standin`]), the GitHub
@@ -19,6 +24,7 @@
 //! without a dependency cycle. Every server listens on 127.0.0.1 and every request it makes
 //! goes to a loopback address; nothing here reaches another host.
 
+pub mod datacenter;
 pub mod debs;
 mod error;
 pub mod etcd;
@@ -30,16 +36,19 @@ pub mod process;
 pub mod registry;
 pub mod registry_standin;
 pub mod sabakan;
+pub mod supervisor;
 mod util;
 pub mod webhook;
 
+pub use datacenter::{BootServer, DataCenter, PublishedRelease};
 pub use error::{Error, Result};
 pub use etcd::EtcdCluster;
 pub use feed::FeedServer;
-pub use github::{AssetSpec, GitHubStandIn, ReleaseSpec};
+pub use github::{AssetSpec, GitHubStandIn, ReleaseSpec, UploadFault};
 pub use process::{free_port, wait_for_http, ChildGuard};
 pub use registry::{PushedImage, Registry};
 pub use registry_standin::{Auth, Fault, RegistryStandIn, RegistryStandInConfig};
 pub use sabakan::SabakanStandIn;
+pub use supervisor::{Exit, Supervisor};
 pub use util::{basic_authorization, sha256_digest};
 pub use webhook::{Notification, WebhookSink};

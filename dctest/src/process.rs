@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::LoopbackUrl;
@@ -101,6 +101,70 @@ fn probe_addr(target: &LoopbackUrl, addr: &std::net::SocketAddr) -> std::io::Res
             ),
         ))
     }
+}
+
+/// Runs `command` to completion like [`Command::output`] (stdin null, stdout and stderr
+/// captured), but kills it by PID when it runs longer than `timeout`.
+pub fn output_with_timeout(command: &mut Command, timeout: Duration) -> Result<Output> {
+    let shown = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(Error::io(format!("spawn {shown}")))?;
+    // Read both pipes on their own threads, so a chatty child never blocks on a full pipe.
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                // What was read before an error is still worth showing.
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = reader(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = reader(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(Error::io(format!("wait for {shown}")))?
+        {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            // Ignore a kill error: the process may have exited in between.
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = stderr.join().unwrap_or_default();
+            return Err(Error::Timeout {
+                what: shown,
+                timeout,
+                last_error: format!(
+                    "killed; its stderr: {}",
+                    String::from_utf8_lossy(&stderr).trim()
+                ),
+            });
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    };
+    Ok(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
 }
 
 /// A child process that is killed (SIGKILL, by its PID) and waited for when the guard is dropped,
@@ -251,6 +315,27 @@ mod tests {
         let second = guard.kill().expect("kill again");
         assert_eq!(first, second);
         assert!(!guard.is_running());
+    }
+
+    #[test]
+    fn output_with_timeout_captures_and_kills() {
+        let output = output_with_timeout(
+            Command::new("/bin/sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(10),
+        )
+        .expect("run");
+        assert_eq!(output.status.code(), Some(3));
+        assert_eq!(output.stdout, b"out\n");
+        assert_eq!(output.stderr, b"err\n");
+        let started = Instant::now();
+        let err = output_with_timeout(
+            Command::new("/bin/sh").args(["-c", "echo waiting >&2; exec sleep 60"]),
+            Duration::from_millis(300),
+        )
+        .expect_err("too slow");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        assert!(err.to_string().contains("waiting"), "{err}");
     }
 
     #[test]

@@ -38,6 +38,32 @@ pub(crate) fn base64_encode(input: &[u8]) -> String {
     out
 }
 
+/// Decodes standard base64 (padding optional); `None` on a character outside the alphabet.
+pub(crate) fn base64_decode(input: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        match c {
+            b'A'..=b'Z' => Some(u32::from(c - b'A')),
+            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    };
+    let digits = input.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &c in digits {
+        acc = (acc << 6) | value(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(((acc >> bits) & 0xff) as u8);
+        }
+    }
+    Some(out)
+}
+
 /// Decodes `%XX` escapes (and `+` as space when `plus_is_space`); invalid escapes stay as-is.
 pub(crate) fn percent_decode(input: &str, plus_is_space: bool) -> String {
     let bytes = input.as_bytes();
@@ -189,7 +215,13 @@ mod tests {
         ];
         for (input, expected) in cases {
             assert_eq!(base64_encode(input.as_bytes()), expected, "{input}");
+            assert_eq!(
+                base64_decode(expected).as_deref(),
+                Some(input.as_bytes()),
+                "{expected}"
+            );
         }
+        assert_eq!(base64_decode("Zm9v!"), None);
         assert_eq!(
             basic_authorization("Aladdin", "open sesame"),
             "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="

@@ -1,5 +1,6 @@
 //! A client of GitHub's REST API for releases: every release (all `Link` pages), the latest
-//! release, a release by tag, the bytes of an asset and its sha256.
+//! release, a release by tag or id, the bytes of an asset and its sha256; and, for publishing,
+//! creating and editing a release, uploading an asset and deleting one.
 //!
 //! Rate limits: a 403 or 429 that GitHub marks as a rate limit is
 //! [`GitHubError::RateLimited`], with the time it resets when GitHub says; the caller decides
@@ -13,9 +14,9 @@
 use crate::http::{next_link, parse_retry_after, require_success, Fetched, Http, HttpError};
 use crate::{is_sha256_digest, sha256_digest, Secret};
 use bytes::Bytes;
-use reqwest::header::{ACCEPT, RETRY_AFTER};
-use reqwest::{StatusCode, Url};
-use serde::Deserialize;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{Method, StatusCode, Url};
+use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A release. Fields GitHub always sends but older answers, mirrors or stand-ins may lack are
@@ -35,11 +36,46 @@ pub struct Release {
     /// The release's web page.
     #[serde(default)]
     pub html_url: String,
+    /// Where assets are uploaded, as a URI template:
+    /// `https://uploads.github.com/repos/<o>/<r>/releases/<id>/assets{?name,label}`.
+    #[serde(default)]
+    pub upload_url: String,
+    /// The description; GitHub sends `null` when none was given.
+    #[serde(default)]
+    pub body: Option<String>,
     /// RFC 3339; `None` for a draft.
     #[serde(default)]
     pub published_at: Option<String>,
     #[serde(default)]
     pub assets: Vec<Asset>,
+}
+
+/// A release to create with [`GitHub::create_release`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NewRelease {
+    pub tag_name: String,
+    /// The commit (or branch) the tag is created at when it does not exist yet; GitHub's
+    /// default branch when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_commitish: Option<String>,
+    pub name: String,
+    pub body: String,
+    pub draft: bool,
+    pub prerelease: bool,
+}
+
+/// The fields of a release to change with [`GitHub::edit_release`]; `None` leaves a field as
+/// it is.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReleaseEdit {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draft: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prerelease: Option<bool>,
 }
 
 /// An asset of a [`Release`].
@@ -159,19 +195,64 @@ impl<'a> GitHub<'a> {
     }
 
     fn request(&self, url: Url, accept: &str) -> Result<reqwest::Request, GitHubError> {
+        self.request_with(Method::GET, url, accept, None)
+    }
+
+    /// A request with the API's headers and the token; `body`: content type and bytes.
+    fn request_with(
+        &self,
+        method: Method,
+        url: Url,
+        accept: &str,
+        body: Option<(&str, Bytes)>,
+    ) -> Result<reqwest::Request, GitHubError> {
         let mut request = self
             .http
             .client()
-            .get(url.clone())
+            .request(method, url.clone())
             .header(ACCEPT, accept)
             .header("X-GitHub-Api-Version", "2022-11-28");
         if let Some(token) = self.token {
             request = request.bearer_auth(token.expose());
         }
+        if let Some((content_type, bytes)) = body {
+            request = request.header(CONTENT_TYPE, content_type).body(bytes);
+        }
         request.build().map_err(|e| GitHubError::BadUrl {
             url: url.to_string(),
             message: e.without_url().to_string(),
         })
+    }
+
+    /// Sends a request that changes something and checks that it succeeded. Errors name the
+    /// method and URL.
+    async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<(&str, Bytes)>,
+    ) -> Result<Fetched, GitHubError> {
+        let request = self.request_with(method.clone(), url.clone(), JSON, body)?;
+        let mut got = self.http.fetch(request).await?;
+        got.url = url.clone();
+        check_method(method.as_str(), got)
+    }
+
+    /// Sends `value` as JSON and reads the answer's JSON.
+    async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        url: &Url,
+        value: &impl Serialize,
+    ) -> Result<T, GitHubError> {
+        let body = serde_json::to_vec(value).map_err(|e| GitHubError::BadUrl {
+            url: url.to_string(),
+            message: format!("cannot encode the request: {e}"),
+        })?;
+        let got = self
+            .send(method, url, Some(("application/json", Bytes::from(body))))
+            .await?;
+        Ok(got.json()?)
     }
 
     /// GETs `url` (following redirects); the answer is returned whatever its status.
@@ -229,6 +310,83 @@ impl<'a> GitHub<'a> {
         self.get_optional(&url).await
     }
 
+    /// A release by id, drafts included; `None` when there is none.
+    pub async fn release(&self, repo: &str, id: u64) -> Result<Option<Release>, GitHubError> {
+        let url = self.endpoint(repo, &["releases", &id.to_string()])?;
+        self.get_optional(&url).await
+    }
+
+    /// Creates a release (`POST /repos/<o>/<r>/releases`); GitHub creates the tag at
+    /// `target_commitish` when it does not exist.
+    pub async fn create_release(
+        &self,
+        repo: &str,
+        release: &NewRelease,
+    ) -> Result<Release, GitHubError> {
+        let url = self.endpoint(repo, &["releases"])?;
+        self.send_json(Method::POST, &url, release).await
+    }
+
+    /// Changes a release (`PATCH /repos/<o>/<r>/releases/<id>`): publish a draft, set or clear
+    /// the pre-release flag, rename.
+    pub async fn edit_release(
+        &self,
+        repo: &str,
+        id: u64,
+        edit: &ReleaseEdit,
+    ) -> Result<Release, GitHubError> {
+        let url = self.endpoint(repo, &["releases", &id.to_string()])?;
+        self.send_json(Method::PATCH, &url, edit).await
+    }
+
+    /// Deletes an asset (`DELETE /repos/<o>/<r>/releases/assets/<id>`), for example one left
+    /// in state `starter` by an interrupted upload.
+    pub async fn delete_asset(&self, repo: &str, asset_id: u64) -> Result<(), GitHubError> {
+        let url = self.endpoint(repo, &["releases", "assets", &asset_id.to_string()])?;
+        self.send(Method::DELETE, &url, None).await?;
+        Ok(())
+    }
+
+    /// Uploads `bytes` as the asset `name` of `release`, to the release's `upload_url` (GitHub:
+    /// `uploads.github.com`; without one, `<api>/repos/<o>/<r>/releases/<id>/assets`, as GitHub
+    /// Enterprise and the stand-ins serve it). GitHub refuses a name that exists, also one left
+    /// in state `starter` by an interrupted upload: delete that first.
+    pub async fn upload_asset(
+        &self,
+        repo: &str,
+        release: &Release,
+        name: &str,
+        content_type: &str,
+        bytes: Bytes,
+    ) -> Result<Asset, GitHubError> {
+        let mut url = self.upload_endpoint(repo, release)?;
+        url.query_pairs_mut().clear().append_pair("name", name);
+        let got = self
+            .send(Method::POST, &url, Some((content_type, bytes)))
+            .await?;
+        Ok(got.json()?)
+    }
+
+    /// The upload URL of a release: its `upload_url` without the `{?name,label}` template.
+    fn upload_endpoint(&self, repo: &str, release: &Release) -> Result<Url, GitHubError> {
+        if release.upload_url.is_empty() {
+            return self.endpoint(repo, &["releases", &release.id.to_string(), "assets"]);
+        }
+        let template = release.upload_url.as_str();
+        let base = template.split_once('{').map_or(template, |(base, _)| base);
+        let url = Url::parse(base).map_err(|e| GitHubError::BadUrl {
+            url: template.to_owned(),
+            message: e.to_string(),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(GitHubError::BadUrl {
+                url: template.to_owned(),
+                message: "the upload URL must be http(s)".to_owned(),
+            });
+        }
+        Ok(url)
+    }
+
     /// The bytes of an asset, from its API URL (reqwest follows the redirect to the storage
     /// host and drops `Authorization` when the host changes). Checked against the asset's
     /// `size` and, when GitHub gives one, its `digest`.
@@ -279,13 +437,18 @@ impl<'a> GitHub<'a> {
 
 /// A success, or the error it is: [`GitHubError::RateLimited`] or an HTTP status error.
 fn check(got: Fetched) -> Result<Fetched, GitHubError> {
+    check_method("GET", got)
+}
+
+/// [`check`] for any method.
+fn check_method(method: &str, got: Fetched) -> Result<Fetched, GitHubError> {
     if let Some(reset) = rate_limit(&got, unix_now()) {
         return Err(GitHubError::RateLimited {
             url: got.url.to_string(),
             reset,
         });
     }
-    Ok(require_success("GET", got)?)
+    Ok(require_success(method, got)?)
 }
 
 fn unix_now() -> u64 {

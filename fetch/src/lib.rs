@@ -6,7 +6,8 @@
 //! - [`registry`]: the OCI distribution client (tag lists with `Link` pagination, bearer-token
 //!   challenges, basic credentials, manifest digests, manifests and blobs verified by digest);
 //! - [`github`]: the GitHub REST client (releases with `Link` pagination, latest release,
-//!   release by tag, asset download, asset sha256, rate limits as a distinct error);
+//!   release by tag or id, asset download, asset sha256, rate limits as a distinct error; and
+//!   for publishing: create and edit a release, upload and delete an asset);
 //! - [`Secret`]: tokens and passwords, never printed.
 //!
 //! Dependency rule: it depends on no crate of this workspace (not even `artifacts`; the one

@@ -102,6 +102,19 @@ impl Drop for KeptLease {
     }
 }
 
+/// Whether a request ended because the client's request timeout expired (gRPC `CANCELLED`
+/// "Timeout expired", or `DEADLINE_EXCEEDED`), as a long campaign does.
+fn is_request_timeout(error: &etcd_client::Error) -> bool {
+    const CANCELLED: i32 = 1;
+    const DEADLINE_EXCEEDED: i32 = 4;
+    match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            matches!(i32::from(status.code()), CANCELLED | DEADLINE_EXCEEDED)
+        }
+        _ => false,
+    }
+}
+
 /// Leadership of an election, held while its lease lives.
 #[derive(Debug)]
 pub struct Leadership {
@@ -122,11 +135,28 @@ impl Leadership {
     ) -> Result<Self, StorageError> {
         let lease = KeptLease::grant(storage, ttl).await?;
         let election = storage.key(name);
-        let resp = storage
-            .client()
-            .campaign(election.as_bytes(), value, lease.id())
-            .await
-            .map_err(etcd_err("campaign", &election))?;
+        let resp = loop {
+            let attempt = std::time::Instant::now();
+            match storage
+                .client()
+                .campaign(election.as_bytes(), value, lease.id())
+                .await
+            {
+                Ok(resp) => break resp,
+                // A campaign waits as long as another leader lives, longer than the client's
+                // request timeout (30 s): campaign again with the same lease (at worst at the
+                // end of the queue, if etcd dropped the key of the cancelled campaign). Only a
+                // lost lease, or a "timeout" too quick to be the request timeout, ends it.
+                Err(e)
+                    if is_request_timeout(&e)
+                        && attempt.elapsed() >= Duration::from_secs(1)
+                        && !*lease.lost.borrow() =>
+                {
+                    tracing::debug!(election = %election, "still waiting for the leadership");
+                }
+                Err(e) => return Err(etcd_err("campaign", &election)(e)),
+            }
+        };
         let leader = resp
             .leader()
             .cloned()

@@ -472,3 +472,30 @@ async fn leader_loses_its_key_when_its_lease_is_gone() {
     let old = raw.get(key.as_bytes(), None).await.unwrap();
     assert!(old.kvs().is_empty());
 }
+
+/// A standby candidate waits longer than the client's request timeout (30 s) without failing:
+/// the campaign is resumed, and the standby still takes over when the leader goes. Found by
+/// the dctest upgrade suite, where every standby neco-updater exited 1 after 30 s.
+#[tokio::test]
+async fn a_standby_outlives_the_request_timeout() {
+    let etcd = EtcdCluster::single().unwrap();
+    let s = storage(&etcd).await;
+    let leader = Leadership::campaign(&s, "leader/updater/", "a", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let second = tokio::spawn({
+        let s = s.clone();
+        async move { Leadership::campaign(&s, "leader/updater/", "b", Duration::from_secs(5)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    assert!(!second.is_finished(), "{:?}", second.await);
+    leader.resign().await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mut raw = raw(&etcd).await;
+    let held = raw.get(second.key().as_bytes(), None).await.unwrap();
+    assert_eq!(held.kvs().len(), 1);
+}

@@ -64,6 +64,11 @@ pub fn next_action(snapshot: &Snapshot, now: OffsetDateTime, timeout: Duration) 
         }
     };
     let Some(request) = &snapshot.request else {
+        // No boot server registered yet (`neco setup` has not run): nothing to update. A
+        // request for an empty list would make `neco setup` refuse to set the cluster up.
+        if snapshot.servers.is_empty() {
+            return Action::WaitInfo;
+        }
         return Action::RequestUpdate;
     };
     if request.stop {
@@ -181,6 +186,11 @@ mod tests {
                 "latest, no request (recover)",
                 snap(V1, None, &[], &[0, 1]),
                 Action::RequestUpdate,
+            ),
+            (
+                "no server registered yet",
+                snap(V1, None, &[], &[]),
+                Action::WaitInfo,
             ),
             (
                 "stopped",

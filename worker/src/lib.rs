@@ -8,9 +8,11 @@
 //! - [`barrier`]: the pure decisions of the lock-step protocol;
 //! - [`run`]: the outer loop and the update of one request;
 //! - [`steps`]: the step table; [`services`]: unit files and service managers;
-//!   [`debs`]: pinned debs and neco's self-update; [`contents`]: sabakan uploads.
+//!   [`debs`]: pinned debs and neco's self-update; [`contents`]: sabakan uploads;
+//! - [`cli`]: the command line (also rendered into the man page).
 
 pub mod barrier;
+pub mod cli;
 pub mod contents;
 pub mod debs;
 pub mod images;

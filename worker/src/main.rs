@@ -1,16 +1,16 @@
 //! neco-worker: runs on every boot server; installs the neco release the updater requests
 //! (self-update by deb), then the pinned artifacts step by step in lock-step with its peers.
 
-use clap::Parser;
+use clap::Parser as _;
 use fetch::github::GitHub;
 use fetch::http::RetryPolicy;
 use neco::config::Config;
 use neco::lease::KeptLease;
 use neco::storage::{ConfigKey, Storage, LIVENESS_TTL};
 use neco::Secret;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use worker::cli::{Cli, Manager};
 use worker::run::{Exit, Worker};
 use worker::services::{ActionLog, ServiceManager, Systemd};
 use worker::steps::StepContext;
@@ -24,36 +24,6 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
 /// Pause before trying a failed self-update again.
 const SELF_UPDATE_RETRY: Duration = Duration::from_secs(30);
-
-/// Installs the neco release the updater requests, then the pinned artifacts in lock-step with
-/// the other boot servers.
-#[derive(Debug, Parser)]
-#[command(
-    name = "neco-worker",
-    version,
-    after_help = "\
-Exit status: 0 after SIGTERM or SIGINT; 10 after installing a new neco package (the supervisor
-must start the new binary); 1 on a failure a restart may cure (etcd unreachable, an aborted
-update); 2 when the configuration, the rack file or the neco installation is unusable."
-)]
-struct Cli {
-    /// Root directory of the boot server (config, dpkg database, images, unit files).
-    #[arg(long, value_name = "DIR", default_value = "/")]
-    root: PathBuf,
-    /// How services are restarted: `systemd` (systemctl), or `log` (actions appended to
-    /// var/log/neco/services.log under the root, for machines without systemd).
-    #[arg(long, value_enum, default_value = "systemd")]
-    service_manager: Manager,
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value = "human")]
-    log_format: neco::logging::LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum Manager {
-    Systemd,
-    Log,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,12 +1,25 @@
 //! `cargo xtask`: the project's automation.
 //!
-//! It owns the commands people and CI run (`ci`, `codegen`, `bench`): it installs the Debian
-//! packages they need, then drives `cargo` and the project's binaries as processes. It must
-//! build on a fresh machine with nothing but cargo: no dependency that needs a system package
-//! or a C compiler at build time (the test fixtures of `dctest` are pure Rust).
+//! It owns the commands people and CI run (`ci`, `codegen`, `release`, `bench`): it installs
+//! the Debian packages they need, then drives `cargo` and the project's binaries as processes.
+//! It must build on a fresh machine with nothing but cargo and the C compiler every Rust build
+//! links with: no dependency that needs a system package at build time (the test fixtures of
+//! `dctest` are pure Rust; `fetch`'s TLS needs only the C compiler).
+//!
+//! - [`release`]: `cargo xtask release`, with [`tag`] (the tag and version rules), [`deb`]
+//!   (build and package), [`publish`] (the GitHub pre-release, planned then carried out) and
+//!   [`progress`] (the display of long steps);
+//! - [`checks`]: the checks of a built package that `cargo xtask ci` runs.
+
+mod checks;
+mod deb;
+mod progress;
+mod publish;
+mod release;
+mod tag;
 
 use anyhow::{bail, Context as _};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -22,7 +35,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// What CI runs: install missing Debian packages, then the format check, clippy
-    /// (`-D warnings`) and the tests, each with and without `--features release`.
+    /// (`-D warnings`) and the tests, each with and without `--features release`; then build
+    /// the release package (not published) and check it: metadata, files, lintian, an install
+    /// into a temporary root, systemd-analyze verify, byte-identical repackaging.
     Ci,
     /// Regenerate artifacts/src/generated/artifacts.rs and artifacts_release.rs with
     /// artifacts-gen.
@@ -36,11 +51,55 @@ enum Cmd {
         #[arg(long)]
         check: bool,
     },
+    /// Build the neco Debian package for a release tag and publish it as a GitHub
+    /// pre-release.
+    Release(ReleaseArgs),
+    /// Check a built package as `cargo xtask ci` does: metadata, files, lintian, an install
+    /// into a temporary root with dpkg, systemd-analyze verify (built from HEAD).
+    CheckDeb {
+        /// The package file.
+        #[arg(value_name = "FILE")]
+        deb: PathBuf,
+    },
     /// Run a benchmark and print its report.
     Bench {
         #[command(subcommand)]
         bench: Bench,
     },
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Cutting a release: tag the commit release-YYYY.MM.DD-N, check it out, and run
+  GITHUB_TOKEN=... cargo xtask release release-YYYY.MM.DD-N
+The release is published as a pre-release (staging installs it). Unticking \"pre-release\" on
+GitHub makes it a full release: production installs it.")]
+struct ReleaseArgs {
+    /// The tag to release: release-YYYY.MM.DD-N or test-YYYY.MM.DD-N. Default: the one such
+    /// tag at HEAD.
+    #[arg(value_name = "TAG", conflicts_with = "version")]
+    tag: Option<String>,
+    /// Release this version (YYYY.MM.DD-N) under the tag release-VERSION.
+    #[arg(long, value_name = "VERSION")]
+    version: Option<String>,
+    /// Where the package and its .sha256 file are written [default: target/debian].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Build the package, but do not publish it.
+    #[arg(long)]
+    no_publish: bool,
+    /// Print the plan (build, package, what would change on GitHub) and touch nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Build even though the working tree has uncommitted changes.
+    #[arg(long)]
+    allow_dirty: bool,
+    /// The GitHub repository to publish to (owner/name) [default: the workspace's repository].
+    #[arg(long, value_name = "OWNER/NAME")]
+    repository: Option<String>,
+    /// The GitHub REST API.
+    #[arg(long, value_name = "URL", default_value = release::GITHUB_API)]
+    github_api: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,7 +116,17 @@ const TEST_PACKAGES: &[&str] = &[
     "etcd-client",
     // etcd-client (the crate) generates its gRPC code with protoc at build time.
     "protobuf-compiler",
+    // The release package: dpkg-deb and dpkg-shlibdeps, strip, its checks (lintian,
+    // systemd-analyze verify).
+    "dpkg-dev",
+    "binutils",
+    "lintian",
+    "systemd",
 ];
+
+/// The version of the package `cargo xtask ci` builds and checks (dctest's: it parses as
+/// YYYY.MM.DD-N and is newer than any real release).
+const CI_TAG: &str = "test-9999.12.31-99999";
 /// Debian packages the benchmarks need.
 const BENCH_PACKAGES: &[&str] = &["docker-registry", "skopeo"];
 
@@ -67,6 +136,8 @@ fn main() -> std::process::ExitCode {
         Ok(root) => match cli.command {
             Cmd::Ci => ci(&root),
             Cmd::Codegen { mirror, check } => codegen(&root, mirror, check),
+            Cmd::Release(args) => release::run(&root, &cargo(), &release_options(args)),
+            Cmd::CheckDeb { deb } => check_deb(&root, &deb),
             Cmd::Bench {
                 bench: Bench::Resolve,
             } => bench_resolve(&root),
@@ -159,7 +230,85 @@ fn ci(root: &Path) -> anyhow::Result<()> {
             run(root, &cargo, &test)
         })?;
     }
+    ci_release(root, &cargo, &mut steps)?;
     steps.summary("cargo xtask ci passed");
+    Ok(())
+}
+
+fn release_options(args: ReleaseArgs) -> release::Options {
+    release::Options {
+        tag: args.tag,
+        version: args.version,
+        out: args.out,
+        no_publish: args.no_publish,
+        dry_run: args.dry_run,
+        allow_dirty: args.allow_dirty,
+        repository: args.repository.unwrap_or_else(release::default_repository),
+        github_api: args.github_api,
+    }
+}
+
+/// The package of `cargo xtask ci`: built from the working tree as it is, never published.
+fn ci_release(root: &Path, cargo: &str, steps: &mut Steps) -> anyhow::Result<()> {
+    let tag = tag::ReleaseTag::parse(CI_TAG)?;
+    let commit = release::Commit::read(root)?;
+    release::check_source(root, &tag, &commit, true)?;
+    let meta = deb::Meta {
+        version: tag.version.clone(),
+        tag: tag.tag.clone(),
+        commit: commit.hash.clone(),
+        epoch: commit.time,
+        homepage: env!("CARGO_PKG_REPOSITORY").to_owned(),
+    };
+    let mut binaries = PathBuf::new();
+    steps.step(
+        "release build (cargo build --release --features artifacts/release)",
+        || {
+            binaries = deb::build_binaries(root, cargo)?;
+            Ok(())
+        },
+    )?;
+    let mut built = None;
+    steps.step(
+        &format!("package neco {} (--no-publish)", meta.version),
+        || {
+            let out = deb::target_dir(root).join("debian");
+            let package = release::package(root, &binaries, &meta, &out)?;
+            eprintln!(
+                "  {} {} ({} bytes)",
+                package.deb.display(),
+                package.digest,
+                package.size
+            );
+            built = Some(package);
+            Ok(())
+        },
+    )?;
+    let built = built.context("the package step built nothing")?;
+    steps.step("package checks", || checks::run_all(&built.deb, &meta))?;
+    steps.step("package reproducibility", || {
+        checks::reproducible(root, &binaries, &meta, &built.tree, &built.digest)
+    })
+}
+
+fn check_deb(root: &Path, deb: &Path) -> anyhow::Result<()> {
+    ensure_packages(TEST_PACKAGES)?;
+    let version = deb::output_of(
+        Command::new("dpkg-deb")
+            .arg("--field")
+            .arg(deb)
+            .arg("Version"),
+    )?;
+    let commit = release::Commit::read(root)?;
+    let meta = deb::Meta {
+        version: version.trim().to_owned(),
+        tag: String::new(),
+        commit: commit.hash,
+        epoch: commit.time,
+        homepage: env!("CARGO_PKG_REPOSITORY").to_owned(),
+    };
+    checks::run_all(deb, &meta)?;
+    eprintln!("{} passed every check", deb.display());
     Ok(())
 }
 

@@ -1,0 +1,245 @@
+//! dctest suite **bootstrap**: a new data center is set up with `neco setup` and the first
+//! update, to the neco version installed on the boot servers, completes everywhere.
+//!
+//! Needs the neco package (`cargo xtask release release-<version> --no-publish --allow-dirty`,
+//! or `NECO_DEB`); runs with `cargo test -p dctest --features suites --test bootstrap`.
+// Test code: a failed call is a failed test (the data center prints every log when it panics).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Pins, SUCCEEDED};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// How long the daemons must run without a restart: past the etcd client's request timeout
+/// (30 s), which once ended every standby updater's campaign with exit status 1.
+const STEADY: Duration = Duration::from_secs(40);
+
+#[test]
+fn bootstrap() {
+    let started = Instant::now();
+    let dc = common::start();
+    let up = started.elapsed();
+    let pins = Pins::release();
+    let version = dc.version().to_owned();
+    let lrns = dc.lrns();
+    assert_eq!(lrns, vec![0, 1, 2]);
+
+    // Nothing happens before the setup: no request, every worker alive and waiting.
+    dc.wait_until("every worker is alive", Duration::from_secs(20), |dc| {
+        let status = dc.status_json(0).map_err(|e| e.to_string())?;
+        (status["alive"] == serde_json::json!([0, 1, 2]) && status["request"].is_null())
+            .then_some(())
+            .ok_or_else(|| status.to_string())
+    })
+    .unwrap();
+
+    let status = common::setup(&dc);
+    let completed = started.elapsed();
+    common::assert_all_completed(&status, &version, &lrns);
+    assert_eq!(status["servers"], serde_json::json!([0, 1, 2]));
+    assert_eq!(status["latest"], version.as_str());
+    // Every server's own CLI sees the same completed update.
+    for &lrn in &lrns {
+        let status = dc.status_json(lrn).unwrap();
+        common::assert_all_completed(&status, &version, &lrns);
+    }
+
+    // Step 1: every pinned image, by the pinned digest, in each server's image layouts; the
+    // mirror served exactly these manifests for the pinned tags.
+    for image in &pins.images {
+        let path = image.repository.strip_prefix("ghcr.io/").unwrap();
+        let pushed = dc
+            .mirror
+            .images
+            .iter()
+            .find(|p| p.repository == path && p.tag == image.tag)
+            .unwrap_or_else(|| panic!("the mirror lacks {}:{}", image.repository, image.tag));
+        assert_eq!(pushed.manifest_digest, image.digest, "{}", image.name);
+    }
+    for server in dc.servers() {
+        let images = server.root().join("var/lib/neco/images");
+        let dirs: BTreeSet<String> = std::fs::read_dir(&images)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let pinned: BTreeSet<String> = pins.images.iter().map(|i| i.name.clone()).collect();
+        assert_eq!(dirs, pinned, "boot server {}", server.lrn());
+        for image in &pins.images {
+            let layout = images.join(&image.name);
+            let index: Value =
+                serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+            let manifests = index["manifests"].as_array().unwrap();
+            assert!(
+                manifests
+                    .iter()
+                    .any(|m| m["digest"] == image.digest.as_str()
+                        && m["annotations"]["org.opencontainers.image.ref.name"]
+                            == image.tag.as_str()),
+                "boot server {}: {} lacks {}@{}: {index:#}",
+                server.lrn(),
+                layout.display(),
+                image.tag,
+                image.digest
+            );
+            let blob = layout
+                .join("blobs/sha256")
+                .join(image.digest.trim_start_matches("sha256:"));
+            assert!(blob.is_file(), "{}", blob.display());
+            assert_eq!(
+                dctest::sha256_digest(&std::fs::read(&blob).unwrap()),
+                image.digest
+            );
+        }
+    }
+
+    // Step 2: the pinned debs are installed into each root.
+    for server in dc.servers() {
+        for deb in &pins.debs {
+            let expected = deb
+                .asset
+                .strip_prefix(&format!("{}_", deb.name))
+                .and_then(|rest| rest.rsplit_once('_'))
+                .map(|(v, _)| v.to_owned())
+                .unwrap();
+            assert_eq!(
+                server.installed_version(&deb.name).unwrap(),
+                Some(expected),
+                "boot server {}: {}",
+                server.lrn(),
+                deb.name
+            );
+        }
+        assert_eq!(
+            server.installed_version("neco").unwrap().as_deref(),
+            Some(version.as_str())
+        );
+    }
+
+    // Step 3: unit files from the pinned images, each restarted once through the log manager.
+    for server in dc.servers() {
+        let units_dir = server.root().join("etc/systemd/system");
+        let units: BTreeSet<String> = std::fs::read_dir(&units_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".service"))
+            .collect();
+        assert!(
+            !units.is_empty(),
+            "boot server {}: no unit files",
+            server.lrn()
+        );
+        let restarted: Vec<String> = server
+            .service_actions()
+            .iter()
+            .map(|l| l.strip_prefix("restart ").unwrap_or(l).to_owned())
+            .collect();
+        assert_eq!(
+            restarted.iter().cloned().collect::<BTreeSet<_>>(),
+            units,
+            "boot server {}: restarts {restarted:?}",
+            server.lrn()
+        );
+        assert_eq!(restarted.len(), units.len(), "each unit is restarted once");
+        for unit in &units {
+            let text = std::fs::read_to_string(units_dir.join(unit)).unwrap();
+            assert!(
+                pins.images
+                    .iter()
+                    .any(|i| text.contains(&format!("{}:{}", i.repository, i.tag))),
+                "{unit} names no pinned image:\n{text}"
+            );
+        }
+    }
+
+    // What the workers recorded in etcd.
+    for &lrn in &lrns {
+        for image in &pins.images {
+            let key = format!("/neco/install/{lrn}/containers/{}", image.name);
+            let kv = dc.etcd.get(&key).unwrap();
+            assert_eq!(kv.map(|kv| kv.value), Some(image.tag.clone()), "{key}");
+        }
+        for deb in &pins.debs {
+            let key = format!("/neco/install/{lrn}/debs/{}", deb.name);
+            let kv = dc.etcd.get(&key).unwrap();
+            assert_eq!(kv.map(|kv| kv.value), Some(deb.release.clone()), "{key}");
+        }
+    }
+    let contents = dc.etcd.get("/neco/contents/sabakan").unwrap().unwrap();
+    let contents: Value = serde_json::from_str(&contents.value).unwrap();
+    assert_eq!(contents["version"], version.as_str());
+    assert_eq!(contents["success"], true);
+
+    // Step 4: sabakan holds the pinned OS image and every pinned deb as an asset, uploaded once.
+    let images = dc.sabakan.images();
+    assert_eq!(
+        images.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        vec![pins.os_version.as_str()]
+    );
+    assert_eq!(pins.os_version, "4152.2.1");
+    assert_eq!(
+        images[0].kernel,
+        dctest::FeedServer::kernel_bytes(&pins.os_channel, &pins.os_version)
+    );
+    let assets = dc.sabakan.assets();
+    for deb in &pins.debs {
+        let asset = assets
+            .iter()
+            .find(|a| a.name == deb.asset)
+            .unwrap_or_else(|| panic!("sabakan lacks {}", deb.asset));
+        assert_eq!(dctest::sha256_digest(&asset.content), deb.sha256);
+    }
+    assert!(assets.iter().any(|a| a.name.starts_with("etcdpasswd_")));
+    let uploads = dc
+        .sabakan
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .count();
+    assert_eq!(
+        uploads,
+        1 + pins.debs.len(),
+        "one upload each, by one worker"
+    );
+
+    // The success notification reached the webhook.
+    dc.wait_until("the success notification", Duration::from_secs(15), |dc| {
+        let got = common::notifications(dc);
+        got.contains(&(SUCCEEDED.to_owned(), dc.version().to_owned()))
+            .then_some(())
+            .ok_or_else(|| format!("{got:?}"))
+    })
+    .unwrap();
+
+    // No daemon crashed or restarted along the way, and the standby updaters keep waiting for
+    // the leadership longer than the etcd client's request timeout (30 s).
+    dc.wait_until(
+        &format!("every daemon ran {}s without a restart", STEADY.as_secs()),
+        STEADY + Duration::from_secs(30),
+        |dc| {
+            for server in dc.servers() {
+                for daemon in [server.updater(), server.worker()] {
+                    assert_eq!(
+                        daemon.starts(),
+                        1,
+                        "{}: {:?}",
+                        daemon.name(),
+                        daemon.exits()
+                    );
+                }
+            }
+            (dc.elapsed() >= STEADY)
+                .then_some(())
+                .ok_or_else(|| format!("{:.0}s", dc.elapsed().as_secs_f64()))
+        },
+    )
+    .unwrap();
+    eprintln!(
+        "dctest: bootstrap: data center up in {:.1}s, update completed at {:.1}s, checks done at {:.1}s",
+        up.as_secs_f64(),
+        completed.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
