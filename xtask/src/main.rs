@@ -61,6 +61,15 @@ enum Cmd {
         #[arg(value_name = "FILE")]
         deb: PathBuf,
     },
+    /// The virtual data center: build the neco package (not published) and run the dctest
+    /// suites against it (real etcd cluster, registry mirror, GitHub / sabakan / feed / webhook
+    /// stand-ins, boot servers with the package installed by dpkg and their daemons
+    /// supervised), then print a summary.
+    Dctest {
+        /// Run only this suite.
+        #[arg(value_name = "SUITE", value_parser = clap::builder::PossibleValuesParser::new(SUITES))]
+        suite: Option<String>,
+    },
     /// Run a benchmark and print its report.
     Bench {
         #[command(subcommand)]
@@ -138,6 +147,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Codegen { mirror, check } => codegen(&root, mirror, check),
             Cmd::Release(args) => release::run(&root, &cargo(), &release_options(args)),
             Cmd::CheckDeb { deb } => check_deb(&root, &deb),
+            Cmd::Dctest { suite } => dctest(&root, suite.as_deref()),
             Cmd::Bench {
                 bench: Bench::Resolve,
             } => bench_resolve(&root),
@@ -208,6 +218,59 @@ impl Steps {
     }
 }
 
+/// The dctest suites (integration tests of the dctest crate behind its `suites` feature), and
+/// what each checks.
+const SUITES: [&str; 3] = ["bootstrap", "upgrade", "datacenter"];
+
+fn suite_summary(suite: &str) -> &'static str {
+    match suite {
+        "bootstrap" => "neco setup 0 1 2; the first update completes; images, units, debs, sabakan contents, notification",
+        "upgrade" => "prod ignores a pre-release; staging self-updates every server (exit 10), all steps complete; promotion to prod",
+        "datacenter" => "leader updater killed, worker killed, join/leave reconfigure, one etcd member killed",
+        _ => "",
+    }
+}
+
+/// Runs dctest suites against a package, each as a step.
+fn run_suites(
+    root: &Path,
+    cargo: &str,
+    deb: &Path,
+    suites: &[&str],
+    steps: &mut Steps,
+) -> anyhow::Result<()> {
+    for suite in suites {
+        steps.step(&format!("dctest {suite}: {}", suite_summary(suite)), || {
+            eprintln!("$ NECO_DEB={} {cargo} test --locked -p dctest --features suites --test {suite}", deb.display());
+            let status = Command::new(cargo)
+                .args(["test", "--locked", "-p", "dctest", "--features", "suites", "--test", suite])
+                .env("NECO_DEB", deb)
+                .current_dir(root)
+                .status()
+                .with_context(|| format!("cannot run {cargo}"))?;
+            if !status.success() {
+                bail!("the {suite} suite failed ({status}); the logs of every process are printed above");
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+fn dctest(root: &Path, suite: Option<&str>) -> anyhow::Result<()> {
+    let cargo = cargo();
+    let mut steps = Steps::new();
+    steps.step("Debian packages", || ensure_packages(TEST_PACKAGES))?;
+    let deb = build_unpublished_package(root, &cargo, &mut steps, false)?;
+    let suites: Vec<&str> = match suite {
+        Some(s) => vec![s],
+        None => SUITES.to_vec(),
+    };
+    run_suites(root, &cargo, &deb, &suites, &mut steps)?;
+    steps.summary("cargo xtask dctest passed");
+    Ok(())
+}
+
 fn ci(root: &Path) -> anyhow::Result<()> {
     let cargo = cargo();
     let mut steps = Steps::new();
@@ -216,12 +279,14 @@ fn ci(root: &Path) -> anyhow::Result<()> {
         run(root, &cargo, &["fmt", "--all", "--check"])
     })?;
     for (label, features) in [("default", None), ("release", Some("artifacts/release"))] {
+        // The dctest suites are linted here and run after the package is built.
         let mut clippy = vec!["clippy", "--workspace", "--all-targets", "--locked"];
         let mut test = vec!["test", "--workspace", "--locked"];
         if let Some(features) = features {
             clippy.extend(["--features", features]);
             test.extend(["--features", features]);
         }
+        clippy.extend(["--features", "dctest/suites"]);
         clippy.extend(["--", "-D", "warnings"]);
         steps.step(&format!("clippy ({label} pins)"), || {
             run(root, &cargo, &clippy)
@@ -230,7 +295,8 @@ fn ci(root: &Path) -> anyhow::Result<()> {
             run(root, &cargo, &test)
         })?;
     }
-    ci_release(root, &cargo, &mut steps)?;
+    let deb = build_unpublished_package(root, &cargo, &mut steps, true)?;
+    run_suites(root, &cargo, &deb, &SUITES, &mut steps)?;
     steps.summary("cargo xtask ci passed");
     Ok(())
 }
@@ -248,8 +314,15 @@ fn release_options(args: ReleaseArgs) -> release::Options {
     }
 }
 
-/// The package of `cargo xtask ci`: built from the working tree as it is, never published.
-fn ci_release(root: &Path, cargo: &str, steps: &mut Steps) -> anyhow::Result<()> {
+/// The package of `cargo xtask ci` and `cargo xtask dctest`: built from the working tree as it
+/// is, never published; with `check`, also checked (metadata, lintian, install, units,
+/// reproducibility). Returns the package file.
+fn build_unpublished_package(
+    root: &Path,
+    cargo: &str,
+    steps: &mut Steps,
+    check: bool,
+) -> anyhow::Result<PathBuf> {
     let tag = tag::ReleaseTag::parse(CI_TAG)?;
     let commit = release::Commit::read(root)?;
     release::check_source(root, &tag, &commit, true)?;
@@ -285,10 +358,13 @@ fn ci_release(root: &Path, cargo: &str, steps: &mut Steps) -> anyhow::Result<()>
         },
     )?;
     let built = built.context("the package step built nothing")?;
-    steps.step("package checks", || checks::run_all(&built.deb, &meta))?;
-    steps.step("package reproducibility", || {
-        checks::reproducible(root, &binaries, &meta, &built.tree, &built.digest)
-    })
+    if check {
+        steps.step("package checks", || checks::run_all(&built.deb, &meta))?;
+        steps.step("package reproducibility", || {
+            checks::reproducible(root, &binaries, &meta, &built.tree, &built.digest)
+        })?;
+    }
+    Ok(built.deb)
 }
 
 fn check_deb(root: &Path, deb: &Path) -> anyhow::Result<()> {
