@@ -530,6 +530,11 @@ mod tests {
             .expect("restarted");
         assert_eq!(sup.exit_codes(), vec![Some(10)]);
         assert_eq!(sup.restarts(), 1);
+        // The second run has started; let it write before it is stopped.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !sup.log().contains("second\n") && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         sup.stop().expect("stop");
         assert!(gone(pid), "pid {pid} still exists");
         let exits = sup.exits();

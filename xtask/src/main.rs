@@ -281,7 +281,7 @@ fn ci(root: &Path) -> anyhow::Result<()> {
     for (label, features) in [("default", None), ("release", Some("artifacts/release"))] {
         // The dctest suites are linted here and run after the package is built.
         let mut clippy = vec!["clippy", "--workspace", "--all-targets", "--locked"];
-        let mut test = vec!["test", "--workspace", "--locked"];
+        let mut test = vec!["test", "--workspace", "--locked", "--no-fail-fast"];
         if let Some(features) = features {
             clippy.extend(["--features", features]);
             test.extend(["--features", features]);
