@@ -380,6 +380,19 @@ impl DataCenter {
             .stop()
     }
 
+    /// Stops the worker of boot server `lrn` by PID (SIGKILL) and starts it no more, as a worker
+    /// that died for good; the server's updater keeps running. Returns the PID it had.
+    pub fn stop_worker(&mut self, lrn: u32) -> Result<Option<u32>> {
+        let worker = &mut self
+            .servers
+            .get_mut(&lrn)
+            .ok_or_else(|| Error::InvalidArgument(format!("no boot server {lrn}")))?
+            .worker;
+        let pid = worker.pid();
+        worker.stop()?;
+        Ok(pid)
+    }
+
     /// Kills the worker of boot server `lrn` (SIGKILL); its supervisor starts it again.
     /// Returns the killed PID.
     pub fn kill_worker(&self, lrn: u32) -> Result<Option<u32>> {

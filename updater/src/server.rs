@@ -37,6 +37,8 @@ pub enum WaitOutcome {
     Dead(Lrn),
     /// The deadline passed; the next snapshot stops the update.
     TimedOut,
+    /// The grace time of a listed server without its liveness key ended: look again.
+    GraceOver,
     /// Someone else changed the request.
     RequestChanged,
     /// `config/worker-timeout` changed: decide again with the new deadline.
@@ -278,15 +280,20 @@ impl Updater {
         let now = OffsetDateTime::now_utc();
         let alive = self.storage.alive_servers().await?;
         let overdue = now - request.started_at > LIVENESS_GRACE;
-        if let Some(lrn) = request.servers.iter().copied().find(|lrn| {
-            overdue
-                && !alive.contains(lrn)
+        let missing = request.servers.iter().copied().find(|lrn| {
+            !alive.contains(lrn)
                 && !snapshot.statuses.get(lrn).is_some_and(|st| {
                     st.version == request.version && st.cond == UpdateCondition::Completed
                 })
-        }) {
+        });
+        if let (true, Some(lrn)) = (overdue, missing) {
             return Ok(WaitOutcome::Dead(lrn));
         }
+        // A listed server without its liveness key within the grace time: look again when the
+        // grace time ends (no watch event would tell of a key that is already gone).
+        let grace_left = missing.map(|_| {
+            Duration::try_from(request.started_at + LIVENESS_GRACE - now).unwrap_or(Duration::ZERO)
+        });
         let remaining = (request.started_at + timeout) - now;
         let remaining = Duration::try_from(remaining).unwrap_or(Duration::ZERO);
         let mut statuses = snapshot.statuses.clone();
@@ -321,6 +328,12 @@ impl Updater {
             outcome = watch => outcome,
             dead = self.storage.wait_dead_server(snapshot.revision, &request.servers) => dead.map(WaitOutcome::Dead),
             () = tokio::time::sleep(remaining) => Ok(WaitOutcome::TimedOut),
+            () = async {
+                match grace_left {
+                    Some(left) => tokio::time::sleep(left).await,
+                    None => std::future::pending().await,
+                }
+            } => Ok(WaitOutcome::GraceOver),
             changed = self.timeout_changed() => changed.map(|()| WaitOutcome::TimeoutChanged),
         }
     }

@@ -220,12 +220,13 @@ impl Steps {
 
 /// The dctest suites (integration tests of the dctest crate behind its `suites` feature), and
 /// what each checks.
-const SUITES: [&str; 3] = ["bootstrap", "upgrade", "datacenter"];
+const SUITES: [&str; 4] = ["bootstrap", "upgrade", "functions", "datacenter"];
 
 fn suite_summary(suite: &str) -> &'static str {
     match suite {
         "bootstrap" => "neco setup 0 1 2; the first update completes; images, units, debs, sabakan contents, notification",
         "upgrade" => "prod ignores a pre-release; staging self-updates every server (exit 10), all steps complete; promotion to prod",
+        "functions" => "a broken image aborts, notifies and completes after neco recover; a dead worker stops the update within seconds",
         "datacenter" => "leader updater killed, worker killed, join/leave reconfigure, one etcd member killed",
         _ => "",
     }

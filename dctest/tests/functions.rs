@@ -1,0 +1,473 @@
+//! dctest suite **functions**: updates that fail, and what the operator sees of them.
+//!
+//! - A broken image: the manifest of one pinned image is missing from the registry when the
+//!   first update runs. Step 1 aborts, the updater stops the update and the webhook gets a
+//!   failure naming the image; once the image is back, `neco recover` runs the update again to
+//!   completion and the webhook gets the success.
+//! - A worker that dies in the middle of a step and does not come back: its liveness key
+//!   expires (5 s TTL) and the updater stops the update within seconds, not after the worker
+//!   timeout, with a failure naming the boot server.
+//! - A worker that is dead already when the update is requested: no key goes away during the
+//!   update, so the updater stops it when the grace time for a missing liveness key (30 s)
+//!   ends, again naming the boot server.
+//!
+//! (Killing the leader updater, a worker that is restarted, join/leave and an etcd member that
+//! dies are in the `datacenter` suite.) Each test has its own data center; they run one after
+//! the other so that a loaded machine does not blur the timing of the liveness check.
+//!
+//! Needs the neco package (`cargo xtask release release-<version> --no-publish --allow-dirty`,
+//! or `NECO_DEB`); runs with `cargo test -p dctest --features suites --test functions`.
+// Test code: a failed call is a failed test (the data center prints every log when it panics).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Pins, BEGINS, SUCCEEDED};
+use dctest::DataCenter;
+use serde_json::Value;
+use std::process::Command;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// The title neco gives a notification of a failed update.
+const FAILED: &str = "Update failed";
+/// The TTL of a worker's liveness lease (neco's `LIVENESS_TTL`).
+const LIVENESS_TTL: Duration = Duration::from_secs(5);
+/// How long after a request the updater waits for the liveness key of a listed server that has
+/// none (neco's `LIVENESS_GRACE`).
+const LIVENESS_GRACE: Duration = Duration::from_secs(30);
+/// How long after a worker's death the update must be stopped: the TTL, the updater's reaction
+/// and a loaded machine. The worker timeout (60 min by default) is what it must not take.
+const DEAD_WORKER_STOPPED_WITHIN: Duration = Duration::from_secs(15);
+
+/// One data center at a time (see the module documentation).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The notifications the sink accepted: (title, Version field, Reason field or "").
+fn notifications(dc: &DataCenter) -> Vec<(String, String, String)> {
+    dc.webhook
+        .delivered()
+        .iter()
+        .filter_map(|n| {
+            let attachment = n.json.pointer("/attachments/0")?;
+            let fields = attachment["fields"].as_array()?;
+            let field = |name: &str| {
+                fields
+                    .iter()
+                    .find(|f| f["title"] == name)
+                    .and_then(|f| f["value"].as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            Some((
+                attachment["title"].as_str()?.to_owned(),
+                field("Version"),
+                field("Reason"),
+            ))
+        })
+        .collect()
+}
+
+/// The titles of the notifications about `version`, in order.
+fn titles_of(dc: &DataCenter, version: &str) -> Vec<String> {
+    notifications(dc)
+        .into_iter()
+        .filter(|(_, v, _)| v == version)
+        .map(|(title, _, _)| title)
+        .collect()
+}
+
+/// Waits for a failure notification about `version` and returns its Reason.
+fn wait_for_failure(dc: &DataCenter, version: &str) -> String {
+    dc.wait_until("the failure notification", Duration::from_secs(15), |dc| {
+        let got = notifications(dc);
+        got.iter()
+            .find(|(title, v, _)| title == FAILED && v == version)
+            .map(|(_, _, reason)| reason.clone())
+            .ok_or_else(|| format!("{got:?}"))
+    })
+    .unwrap()
+}
+
+/// Waits until `neco status` reports the update to `version` stopped and returns the report.
+fn wait_stopped(dc: &DataCenter, version: &str, timeout: Duration) -> Value {
+    dc.wait_until("the updater stopped the update", timeout, |dc| {
+        let status = dc.status_json(0).map_err(|e| e.to_string())?;
+        match common::request_of(&status) {
+            Some((v, _, true)) if v == version => Ok(status),
+            Some((v, state, _)) if v == version && state == "completed" => {
+                panic!("the update completed instead of stopping: {status:#}")
+            }
+            _ => Err(status.to_string()),
+        }
+    })
+    .unwrap()
+}
+
+/// `neco config set slack`, then every worker is alive and no update is requested yet.
+fn prepare(dc: &DataCenter) {
+    dc.neco_ok(0, &["config", "set", "slack", &dc.webhook.url()])
+        .unwrap();
+    dc.wait_until("every worker is alive", Duration::from_secs(20), |dc| {
+        let status = dc.status_json(0).map_err(|e| e.to_string())?;
+        (status["alive"] == serde_json::json!([0, 1, 2]) && status["request"].is_null())
+            .then_some(())
+            .ok_or_else(|| status.to_string())
+    })
+    .unwrap();
+}
+
+/// `neco setup 0 1 2` on boot server 0 (the webhook is configured already).
+fn setup(dc: &DataCenter) {
+    let out = dc.neco_ok(0, &["setup", "0", "1", "2"]).unwrap();
+    eprintln!("dctest: neco setup: {}", out.trim());
+}
+
+/// The worker statuses in etcd (`status/bootservers/<LRN>`), by LRN.
+fn worker_statuses(dc: &DataCenter) -> Vec<(u32, Value)> {
+    dc.etcd
+        .get_prefix("/neco/status/bootservers/")
+        .unwrap()
+        .into_iter()
+        .map(|kv| {
+            let lrn = kv.key.rsplit('/').next().unwrap().parse().unwrap();
+            (lrn, serde_json::from_str(&kv.value).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn a_broken_image_aborts_and_neco_recover_completes_once_it_is_fixed() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let started = Instant::now();
+    let dc = common::start();
+    let version = dc.version().to_owned();
+    let pins = Pins::release();
+    prepare(&dc);
+
+    // The manifest of one pinned image disappears from the registry before the first update.
+    let image = pins.images.first().unwrap().clone();
+    let path = image
+        .repository
+        .strip_prefix("ghcr.io/")
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        dc.mirror
+            .registry
+            .manifest_digest(&path, &image.tag)
+            .unwrap(),
+        image.digest
+    );
+    dc.mirror
+        .registry
+        .delete_manifest(&path, &image.digest)
+        .unwrap();
+    assert!(
+        dc.mirror
+            .registry
+            .manifest_digest(&path, &image.tag)
+            .is_err(),
+        "{}:{} is still served",
+        image.repository,
+        image.tag
+    );
+    let named = |text: &str| text.contains(&image.repository) && text.contains(&image.digest);
+
+    // The first update aborts at step 1, the updater stops it and says why.
+    setup(&dc);
+    let status = wait_stopped(&dc, &version, common::UPDATE_TIMEOUT);
+    let aborted_at = started.elapsed();
+    assert_eq!(status["request"]["state"], "aborted", "{status:#}");
+    let statuses = worker_statuses(&dc);
+    let aborted: Vec<&(u32, Value)> = statuses.iter().filter(|(_, st)| st["cond"] == 2).collect();
+    assert!(!aborted.is_empty(), "no worker aborted: {statuses:?}");
+    for (lrn, st) in &aborted {
+        assert_eq!(st["version"], version.as_str(), "boot server {lrn}: {st}");
+        assert_eq!(st["step"], 1, "boot server {lrn}: {st}");
+        assert!(
+            named(st["message"].as_str().unwrap()),
+            "boot server {lrn}: the message does not name {}@{}: {st}",
+            image.repository,
+            image.digest
+        );
+    }
+    for (lrn, st) in &statuses {
+        assert_ne!(st["cond"], 3, "boot server {lrn} completed: {st}");
+    }
+    let reason = wait_for_failure(&dc, &version);
+    assert!(
+        named(&reason),
+        "the reason does not name {}@{}: {reason}",
+        image.repository,
+        image.digest
+    );
+    assert!(reason.contains("step 1"), "{reason}");
+    assert!(
+        !titles_of(&dc, &version).iter().any(|t| t == SUCCEEDED),
+        "{:?}",
+        notifications(&dc)
+    );
+    // Stopped means stopped: nothing runs again by itself.
+    std::thread::sleep(Duration::from_secs(2));
+    let later = dc.status_json(0).unwrap();
+    assert_eq!(later["request"], status["request"], "{later:#}");
+
+    // The image is pushed again: the mirror's images are reproducible, so it is the pinned
+    // manifest again.
+    let pushed = dc.mirror.registry.push_image(&path, &image.tag).unwrap();
+    assert_eq!(pushed.manifest_digest, image.digest);
+    assert_eq!(
+        dc.mirror
+            .registry
+            .manifest_digest(&path, &image.tag)
+            .unwrap(),
+        image.digest
+    );
+
+    // `neco recover` clears the stopped update; the updater requests it again and it completes.
+    let recover = Instant::now();
+    let out = dc.neco_ok(1, &["recover"]).unwrap();
+    eprintln!("dctest: neco recover: {}", out.trim());
+    let status = common::wait_completed(&dc, 0, &version);
+    let recovered_in = recover.elapsed();
+    common::assert_all_completed(&status, &version, &[0, 1, 2]);
+    dc.wait_until("the success notification", Duration::from_secs(15), |dc| {
+        let got = titles_of(dc, &version);
+        got.iter()
+            .any(|t| t == SUCCEEDED)
+            .then_some(())
+            .ok_or_else(|| format!("{got:?}"))
+    })
+    .unwrap();
+    assert_eq!(
+        titles_of(&dc, &version),
+        vec![FAILED.to_owned(), BEGINS.to_owned(), SUCCEEDED.to_owned()],
+        "one failure, then the recovery begins and succeeds: {:?}",
+        notifications(&dc)
+    );
+    for server in dc.servers() {
+        let index = server
+            .root()
+            .join("var/lib/neco/images")
+            .join(&image.name)
+            .join("index.json");
+        let index =
+            std::fs::read_to_string(&index).unwrap_or_else(|e| panic!("{}: {e}", index.display()));
+        assert!(
+            index.contains(&image.digest),
+            "boot server {}: {index}",
+            server.lrn()
+        );
+    }
+
+    eprintln!(
+        "dctest: functions/broken image: stopped at {:.1}s ({reason}), recovered in {:.1}s, \
+         total {:.1}s",
+        aborted_at.as_secs_f64(),
+        recovered_in.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Freezes a process with SIGSTOP until dropped (SIGCONT): a registry that stops answering.
+struct Frozen {
+    pid: u32,
+}
+
+impl Frozen {
+    fn new(pid: u32) -> Self {
+        signal("-STOP", pid);
+        Self { pid }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", self.pid);
+    }
+}
+
+fn signal(signal: &str, pid: u32) {
+    let status = Command::new("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}: {status}");
+}
+
+#[test]
+fn a_worker_dying_in_the_middle_of_a_step_stops_the_update_within_seconds() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let started = Instant::now();
+    let mut dc = common::start();
+    let version = dc.version().to_owned();
+    prepare(&dc);
+
+    // The registry stops answering: every worker stays inside step 1, fetching images.
+    let frozen = Frozen::new(dc.mirror.registry.pid());
+    setup(&dc);
+    dc.wait_until("every worker runs step 1", Duration::from_secs(30), |dc| {
+        let status = dc.status_json(0).map_err(|e| e.to_string())?;
+        let running = status["request"]["statuses"].as_array().is_some_and(|s| {
+            s.len() == 3
+                && s.iter()
+                    .all(|s| s["step"] == 1 && s["condition"] == "running")
+        });
+        let inside = dc
+            .servers()
+            .all(|s| s.worker().log().contains("running step"));
+        (running && inside)
+            .then_some(())
+            .ok_or_else(|| status.to_string())
+    })
+    .unwrap();
+
+    // Worker 2 dies there and is not started again.
+    let killed_at = Instant::now();
+    let pid = dc.stop_worker(2).unwrap().expect("worker 2 ran");
+    let worker = dc.server(2).unwrap().worker();
+    let exits = worker.exits();
+    assert_eq!(exits.len(), 1, "{exits:?}");
+    assert_eq!((exits[0].pid, exits[0].signal), (pid, Some(9)), "{exits:?}");
+
+    // Its liveness key expires and the updater stops the update.
+    let status = wait_stopped(&dc, &version, Duration::from_secs(60));
+    let stopped_after = killed_at.elapsed();
+    assert!(
+        stopped_after <= DEAD_WORKER_STOPPED_WITHIN,
+        "stopped {:.1}s after the worker died",
+        stopped_after.as_secs_f64()
+    );
+    assert!(
+        stopped_after >= LIVENESS_TTL - Duration::from_secs(2),
+        "stopped {:.1}s after the worker died, before its liveness lease could expire",
+        stopped_after.as_secs_f64()
+    );
+    let statuses = status["request"]["statuses"].as_array().unwrap();
+    for s in statuses {
+        assert_eq!(s["step"], 1, "{status:#}");
+        assert_eq!(s["condition"], "running", "{status:#}");
+        assert_eq!(s["alive"], s["lrn"] != 2, "{status:#}");
+    }
+    assert_eq!(status["alive"], serde_json::json!([0, 1]), "{status:#}");
+    let reason = wait_for_failure(&dc, &version);
+    let notified_after = killed_at.elapsed();
+    assert!(reason.contains("boot server 2"), "{reason}");
+    assert!(
+        !reason.contains("boot server 0") && !reason.contains("boot server 1"),
+        "{reason}"
+    );
+
+    // The registry answers again: the living workers finish step 1, find the update stopped
+    // at the next barrier and wait; nothing aborts and nothing is notified twice.
+    drop(frozen);
+    dc.wait_until(
+        "workers 0 and 1 end the stopped update",
+        Duration::from_secs(60),
+        |dc| {
+            let done = [0, 1].iter().all(|&lrn| {
+                dc.server(lrn)
+                    .unwrap()
+                    .worker()
+                    .log()
+                    .contains("the request was stopped")
+            });
+            done.then_some(())
+                .ok_or_else(|| format!("{:?}", worker_statuses(dc)))
+        },
+    )
+    .unwrap();
+    let status = dc.status_json(0).unwrap();
+    assert_eq!(
+        common::request_of(&status),
+        Some((version.clone(), "running".to_owned(), true)),
+        "{status:#}"
+    );
+    for (lrn, st) in worker_statuses(&dc) {
+        assert_eq!(st["cond"], 1, "boot server {lrn}: {st}");
+        assert_eq!(
+            st["step"],
+            if lrn == 2 { 1 } else { 2 },
+            "boot server {lrn}: {st}"
+        );
+    }
+    for lrn in [0, 1] {
+        let worker = dc.server(lrn).unwrap().worker();
+        assert_eq!(
+            worker.starts(),
+            1,
+            "{}: {:?}",
+            worker.name(),
+            worker.exits()
+        );
+    }
+    assert_eq!(
+        titles_of(&dc, &version),
+        vec![FAILED.to_owned()],
+        "{:?}",
+        notifications(&dc)
+    );
+
+    eprintln!(
+        "dctest: functions/dead worker: stopped {:.1}s and notified {:.1}s after the worker died \
+         ({reason}), total {:.1}s",
+        stopped_after.as_secs_f64(),
+        notified_after.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn a_worker_dead_before_the_request_stops_the_update_after_the_grace_time() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let started = Instant::now();
+    let mut dc = common::start();
+    let version = dc.version().to_owned();
+    prepare(&dc);
+
+    // Worker 2 dies before there is anything to do, and its liveness key expires.
+    dc.stop_worker(2).unwrap().expect("worker 2 ran");
+    dc.wait_until(
+        "the liveness key of boot server 2 expired",
+        LIVENESS_TTL + Duration::from_secs(15),
+        |dc| {
+            let status = dc.status_json(0).map_err(|e| e.to_string())?;
+            (status["alive"] == serde_json::json!([0, 1]))
+                .then_some(())
+                .ok_or_else(|| status["alive"].to_string())
+        },
+    )
+    .unwrap();
+
+    // The update is requested for every server: no key of boot server 2 goes away now, so only
+    // the end of the grace time (30 s after the request) can tell the updater it is dead.
+    let requested = Instant::now();
+    setup(&dc);
+    let status = wait_stopped(&dc, &version, LIVENESS_GRACE + Duration::from_secs(30));
+    let stopped_after = requested.elapsed();
+    assert!(
+        stopped_after >= LIVENESS_GRACE - Duration::from_secs(2),
+        "stopped {:.1}s after the request, within the grace time",
+        stopped_after.as_secs_f64()
+    );
+    let statuses = status["request"]["statuses"].as_array().unwrap();
+    assert_eq!(statuses[2]["condition"], "not started", "{status:#}");
+    assert_eq!(statuses[2]["alive"], false, "{status:#}");
+    let reason = wait_for_failure(&dc, &version);
+    assert!(reason.contains("boot server 2"), "{reason}");
+    assert_eq!(
+        titles_of(&dc, &version),
+        vec![FAILED.to_owned()],
+        "{:?}",
+        notifications(&dc)
+    );
+
+    eprintln!(
+        "dctest: functions/worker dead before the request: stopped {:.1}s after the request \
+         ({reason}), total {:.1}s",
+        stopped_after.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
