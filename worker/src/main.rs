@@ -9,7 +9,6 @@ use neco::lease::KeptLease;
 use neco::storage::{ConfigKey, Storage, LIVENESS_TTL};
 use neco::Secret;
 use std::process::ExitCode;
-use std::time::Duration;
 use worker::cli::{Cli, Manager};
 use worker::run::{Exit, Worker};
 use worker::services::{ActionLog, ServiceManager, Systemd};
@@ -22,8 +21,6 @@ const EXIT_UPDATED: u8 = 10;
 const EXIT_CONFIG: u8 = 2;
 /// Exit status of a failure a restart may cure (etcd unreachable, an aborted update).
 const EXIT_FAILURE: u8 = 1;
-/// Pause before trying a failed self-update again.
-const SELF_UPDATE_RETRY: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -126,9 +123,18 @@ async fn serve(cli: &Cli, config: &Config, lrn: u32, version: &str) -> anyhow::R
             service_manager: manager.as_ref(),
         },
     };
+    // After a failed self-update: the revision of the request it was for, so that the worker
+    // waits for the next request instead of retrying in a loop.
+    let mut after: Option<i64> = None;
     loop {
+        let follow = async {
+            match after {
+                Some(revision) => worker.run_after(revision).await,
+                None => worker.run().await,
+            }
+        };
         let exit = tokio::select! {
-            r = worker.run() => r?,
+            r = follow => r?,
             () = lease.lost() => anyhow::bail!("lost the liveness lease"),
         };
         match exit {
@@ -145,8 +151,11 @@ async fn serve(cli: &Cli, config: &Config, lrn: u32, version: &str) -> anyhow::R
                 {
                     Ok(()) => return Ok(ExitCode::from(EXIT_UPDATED)),
                     Err(e) => {
-                        tracing::error!(error = %e, retry_in = ?SELF_UPDATE_RETRY, "self-update failed; nothing was installed");
-                        tokio::time::sleep(SELF_UPDATE_RETRY).await;
+                        tracing::error!(error = %e, "self-update failed; nothing was installed; aborting the update");
+                        worker
+                            .report_self_update_failure(&target, &e.to_string())
+                            .await?;
+                        after = storage.request().await?.map(|(_, revision)| revision);
                     }
                 }
             }

@@ -54,7 +54,7 @@ impl<S: RunSteps> Worker<'_, S> {
     /// Follows requests until one asks for another version ([`Exit::SelfUpdate`]) or an error
     /// ends the process.
     pub async fn run(&self) -> Result<Exit, RunError> {
-        let (mut request, mut revision) = loop {
+        let (request, revision) = loop {
             if let Some((req, rev)) = self.storage.request().await? {
                 break (Some(req), rev);
             }
@@ -65,6 +65,40 @@ impl<S: RunSteps> Worker<'_, S> {
                 break (None, snapshot.revision);
             }
         };
+        self.follow(request, revision).await
+    }
+
+    /// Like [`Worker::run`], but ignores the request of `revision` and every earlier one: after
+    /// a failed self-update, the worker waits for the next request instead of trying again in
+    /// a loop.
+    pub async fn run_after(&self, revision: i64) -> Result<Exit, RunError> {
+        self.follow(None, revision).await
+    }
+
+    /// Records that the self-update to `version` failed, as an aborted status of that version:
+    /// the updater stops the update and notifies the reason.
+    pub async fn report_self_update_failure(
+        &self,
+        version: &str,
+        reason: &str,
+    ) -> Result<(), StorageError> {
+        self.put(
+            version,
+            0,
+            UpdateCondition::Aborted,
+            format!(
+                "self-update from {} to {version} failed: {reason}",
+                self.version
+            ),
+        )
+        .await
+    }
+
+    async fn follow(
+        &self,
+        mut request: Option<UpdateRequest>,
+        mut revision: i64,
+    ) -> Result<Exit, RunError> {
         loop {
             let Some(req) = request.take() else {
                 let (req, rev) = self.storage.wait_request(revision).await?;

@@ -406,6 +406,26 @@ async fn the_binary_refuses_a_tampered_release_and_keeps_running() {
     .unwrap_or_else(|| panic!("no failed self-update in the log:\n{}", boot.log()));
     assert!(failed.contains("sha256"), "{failed}");
     assert!(downloaded(&boot.github, &deb_name(NEW)));
+    // The failure aborts the update with its reason (the updater stops it and notifies), and
+    // the worker waits for the next request instead of retrying in a loop.
+    let status = within(Duration::from_secs(10), || async {
+        boot.storage.status(0).await.ok().flatten()
+    })
+    .await
+    .unwrap_or_else(|| panic!("no status written:\n{}", boot.log()));
+    assert_eq!(status.version, NEW);
+    assert_eq!(status.cond, neco::types::UpdateCondition::Aborted);
+    assert!(
+        status.message.contains("self-update") && status.message.contains("sha256"),
+        "{status:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        boot.log().matches("self-update failed").count(),
+        1,
+        "retried in a loop:\n{}",
+        boot.log()
+    );
     assert!(worker.is_running(), "log:\n{}", boot.log());
     assert_eq!(dpkg_version(boot.root.path()).as_deref(), Some(OLD));
     let status = worker.kill().unwrap();
