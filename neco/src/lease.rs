@@ -135,14 +135,14 @@ impl Leadership {
     ) -> Result<Self, StorageError> {
         let lease = KeptLease::grant(storage, ttl).await?;
         let election = storage.key(name);
-        let resp = loop {
+        loop {
             let attempt = std::time::Instant::now();
-            match storage
+            let resp = match storage
                 .client()
                 .campaign(election.as_bytes(), value, lease.id())
                 .await
             {
-                Ok(resp) => break resp,
+                Ok(resp) => resp,
                 // A campaign waits as long as another leader lives, longer than the client's
                 // request timeout (30 s): campaign again with the same lease (at worst at the
                 // end of the queue, if etcd dropped the key of the cancelled campaign). Only a
@@ -153,19 +153,32 @@ impl Leadership {
                         && !*lease.lost.borrow() =>
                 {
                     tracing::debug!(election = %election, "still waiting for the leadership");
+                    continue;
                 }
                 Err(e) => return Err(etcd_err("campaign", &election)(e)),
+            };
+            let leader = resp
+                .leader()
+                .cloned()
+                .ok_or_else(|| StorageError::WatchEnded {
+                    key: election.clone(),
+                    message: "the campaign returned no leader key".into(),
+                })?;
+            let key = String::from_utf8_lossy(leader.key()).into_owned();
+            // A cancelled campaign's clean-up on the server may delete the key a resumed
+            // campaign with the same lease shares: a leadership without its key guards nothing,
+            // so campaign again.
+            let held = storage
+                .client()
+                .get(key.as_bytes(), None)
+                .await
+                .map_err(etcd_err("get", &key))?;
+            if held.kvs().is_empty() {
+                tracing::debug!(%key, "the leader key is gone; campaigning again");
+                continue;
             }
-        };
-        let leader = resp
-            .leader()
-            .cloned()
-            .ok_or_else(|| StorageError::WatchEnded {
-                key: election,
-                message: "the campaign returned no leader key".into(),
-            })?;
-        let key = String::from_utf8_lossy(leader.key()).into_owned();
-        Ok(Self { leader, key, lease })
+            return Ok(Self { leader, key, lease });
+        }
     }
 
     /// The physical leader key: the guard of every write of the leader.
