@@ -293,6 +293,71 @@ impl Registry {
         expect_status("DELETE", &url, response, 202).map(drop)
     }
 
+    /// Deletes the blob `digest` from `repository`: manifests that name it can no longer be
+    /// pulled (the tag still lists and resolves).
+    pub fn delete_blob(&self, repository: &str, digest: &str) -> Result<()> {
+        validate_repository(repository)?;
+        if !is_digest(digest) {
+            return Err(Error::InvalidArgument(format!(
+                "{digest:?} is not a sha256 digest"
+            )));
+        }
+        let url = format!("{}/v2/{repository}/blobs/{digest}", self.base_url());
+        let response = send("DELETE", &url, self.agent.delete(&url), None)?;
+        expect_status("DELETE", &url, response, 202).map(drop)
+    }
+
+    /// Pulls `repository@digest` as a client would: the manifest, then its config and every
+    /// layer, each checked against its digest. Fails naming the first part that is missing or
+    /// does not match.
+    pub fn pull(&self, repository: &str, digest: &str) -> Result<()> {
+        validate_repository(repository)?;
+        if !is_digest(digest) {
+            return Err(Error::InvalidArgument(format!(
+                "{digest:?} is not a sha256 digest"
+            )));
+        }
+        let fetch = |kind: &str, reference: &str, accept: &str| -> Result<Vec<u8>> {
+            let url = format!("{}/v2/{repository}/{kind}/{reference}", self.base_url());
+            let response = send(
+                "GET",
+                &url,
+                self.agent.get(&url).set("Accept", accept),
+                None,
+            )?;
+            let response = expect_status("GET", &url, response, 200)?;
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut response.into_reader(), &mut bytes).map_err(|e| {
+                Error::Http {
+                    method: "GET".to_owned(),
+                    url: url.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            if sha256_digest(&bytes) != reference {
+                return Err(Error::UnexpectedResponse {
+                    method: "GET".to_owned(),
+                    url,
+                    message: format!("the body hashes to {}", sha256_digest(&bytes)),
+                });
+            }
+            Ok(bytes)
+        };
+        let manifest = fetch("manifests", digest, OCI_MANIFEST)?;
+        let manifest: serde_json::Value = serde_json::from_slice(&manifest)?;
+        let config = manifest.pointer("/config/digest").and_then(|d| d.as_str());
+        let layers = manifest
+            .get("layers")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|layer| layer.get("digest").and_then(serde_json::Value::as_str));
+        for blob in config.into_iter().chain(layers) {
+            fetch("blobs", blob, "application/octet-stream")?;
+        }
+        Ok(())
+    }
+
     /// The tags of `repository` as the registry lists them (unsorted).
     pub fn tags(&self, repository: &str) -> Result<Vec<String>> {
         validate_repository(repository)?;
