@@ -90,11 +90,7 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
-}
+pub use clikit::LogFormat;
 
 fn parse_registry_override(value: &str) -> Result<(String, Url), String> {
     let (host, url) = value
@@ -113,20 +109,6 @@ const DATE_FORMAT: &[time::format_description::BorrowedFormatItem<'static>] =
 
 fn parse_date(value: &str) -> Result<time::Date, String> {
     time::Date::parse(value, DATE_FORMAT).map_err(|e| format!("{value:?}: {e}"))
-}
-
-/// Logs to stderr, human-readable or JSON lines; `RUST_LOG` filters (default `info`).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
 
 const USER_AGENT: &str = concat!("neco-rs-artifacts-gen/", env!("CARGO_PKG_VERSION"));

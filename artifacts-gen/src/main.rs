@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = artifacts_gen::cli::Cli::parse();
-    artifacts_gen::cli::init_logging(cli.log_format);
+    clikit::init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -132,17 +132,11 @@ impl Manifest {
 
     /// Parses manifest text; `path` is only used in messages.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ManifestError> {
-        let manifest: Manifest = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|span| line_column(text, span.start))
-                .unwrap_or((1, 1));
-            ManifestError::Syntax {
-                path: path.to_owned(),
-                line,
-                column,
-                message: e.message().to_owned(),
-            }
+        let manifest: Manifest = clikit::parse_toml(text).map_err(|e| ManifestError::Syntax {
+            path: path.to_owned(),
+            line: e.line,
+            column: e.column,
+            message: e.message,
         })?;
         manifest.check().map_err(|message| ManifestError::Invalid {
             path: path.to_owned(),
@@ -246,17 +240,6 @@ impl PolicySpec {
             ignore,
         })
     }
-}
-
-/// 1-based line and column of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
-    (line, column)
 }
 
 #[cfg(test)]

@@ -187,17 +187,11 @@ impl Config {
 
     /// Parses config text; relative TLS paths are taken under `root`.
     pub fn parse(path: &Path, text: &str, root: &Path) -> Result<Self, ConfigError> {
-        let raw: RawFile = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_column(text, s.start))
-                .unwrap_or((1, 1));
-            ConfigError::Syntax {
-                path: path.to_owned(),
-                line,
-                column,
-                message: e.message().to_owned(),
-            }
+        let raw: RawFile = clikit::parse_toml(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            line: e.line,
+            column: e.column,
+            message: e.message,
         })?;
         let invalid = |field, message: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -334,16 +328,6 @@ pub fn read_lrn(root: &Path) -> Result<Lrn, ConfigError> {
         field: "rack",
         message: format!("{:?} is not a rack number (0, 1, 2, …)", text.trim()),
     })
-}
-
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
-    (line, column)
 }
 
 #[cfg(test)]

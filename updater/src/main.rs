@@ -19,17 +19,7 @@ const EXIT_FAILURE: u8 = 1;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     neco::logging::init(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    runtime.block_on(run(cli))
+    neco::logging::run_daemon(run(cli))
 }
 
 async fn run(cli: Cli) -> ExitCode {

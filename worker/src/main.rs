@@ -25,17 +25,7 @@ const EXIT_FAILURE: u8 = 1;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     neco::logging::init(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    runtime.block_on(async {
+    neco::logging::run_daemon(async {
         tokio::select! {
             code = run(cli) => code,
             () = neco::logging::terminated() => {
