@@ -5,6 +5,9 @@
 //!
 //! The candidates are the package under test repackaged with a higher `Version:` (the
 //! binaries read their version from the dpkg database, so for them it is a new release).
+//! With `NECO_UPGRADE_FROM=<deb>` (the nightly pipeline: the release running in the field
+//! now) the data center starts on that package, and the first candidate is the package under
+//! test itself, which must have a higher version.
 //!
 //! Needs the neco package (`cargo xtask release release-<version> --no-publish --allow-dirty`,
 //! or `NECO_DEB`); runs with `cargo test -p dctest --features suites --test upgrade`.
@@ -14,8 +17,10 @@
 mod common;
 
 use common::{BEGINS, SUCCEEDED};
+use dctest::datacenter::{find_neco_deb, Options};
 use dctest::debs::repackage_with_version;
 use dctest::{DataCenter, PublishedRelease};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// neco-worker's exit status after installing a new neco package.
@@ -27,13 +32,63 @@ fn next_version(version: &str) -> String {
     format!("{date}-{}", n.parse::<u32>().expect("a numeric N") + 1)
 }
 
-/// Repackages the installed package as `version` and publishes it as a pre-release.
-fn publish_candidate(dc: &DataCenter, version: &str) -> PublishedRelease {
-    let deb = repackage_with_version(dc.deb(), version, &dc.dir().join("candidates")).unwrap();
+/// Repackages `source` as `version` (unless it is that version) and publishes it as a
+/// pre-release.
+fn publish_candidate(dc: &DataCenter, source: &Path, version: &str) -> PublishedRelease {
+    let deb = if package_version(source) == version {
+        source.to_path_buf()
+    } else {
+        repackage_with_version(source, version, &dc.dir().join("candidates")).unwrap()
+    };
     let release = dc.publish_release(&deb, true).unwrap();
     assert_eq!(release.tag, format!("release-{version}"));
     release
 }
+
+/// The `Version:` of a package file.
+fn package_version(deb: &Path) -> String {
+    let out = std::process::Command::new("dpkg-deb")
+        .arg("--field")
+        .arg(deb)
+        .arg("Version")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dpkg-deb --field {}: {out:?}",
+        deb.display()
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The data center and the package the candidates are made of: on the package under test,
+/// or on `NECO_UPGRADE_FROM` with the package under test as the first candidate.
+fn start() -> (DataCenter, PathBuf, String) {
+    let Some(from) = std::env::var_os(UPGRADE_FROM_ENV) else {
+        let dc = common::start();
+        let v2 = next_version(dc.version());
+        let under_test = dc.deb().to_path_buf();
+        return (dc, under_test, v2);
+    };
+    let under_test = find_neco_deb().unwrap();
+    let from = PathBuf::from(from);
+    eprintln!(
+        "dctest: upgrade from {} to the package under test {}",
+        from.display(),
+        under_test.display()
+    );
+    let candidate = package_version(&under_test);
+    let current = package_version(&from);
+    assert!(
+        dctest::datacenter::version_greater(&candidate, &current).unwrap(),
+        "the package under test ({candidate}) must be newer than {UPGRADE_FROM_ENV} ({current})"
+    );
+    let dc = DataCenter::start(Options::new(&from)).unwrap();
+    (dc, under_test, candidate)
+}
+
+/// The package of the release the data center starts from.
+const UPGRADE_FROM_ENV: &str = "NECO_UPGRADE_FROM";
 
 /// The updaters check GitHub `checks` more times without changing anything: the request stays
 /// on `version`, completed, and every server keeps `version` installed.
@@ -123,9 +178,8 @@ fn wait_for_success_notification(dc: &DataCenter, version: &str) {
 #[test]
 fn upgrade() {
     let started = Instant::now();
-    let dc = common::start();
+    let (dc, source, v2) = start();
     let v1 = dc.version().to_owned();
-    let v2 = next_version(&v1);
     let v3 = next_version(&v2);
 
     common::setup(&dc);
@@ -135,7 +189,7 @@ fn upgrade() {
     let bootstrapped = started.elapsed();
 
     // A candidate as a pre-release: prod ignores it.
-    let candidate = publish_candidate(&dc, &v2);
+    let candidate = publish_candidate(&dc, &source, &v2);
     assert_ignored(&dc, &v1, 4, "prod ignores a pre-release");
     assert!(notifications_of(&dc, &v2).is_empty());
     assert_self_updated(&dc, &v1, 0);
@@ -181,7 +235,7 @@ fn upgrade() {
 
     // Back to prod with a newer pre-release out: prod's newest full release is v1, older than
     // what runs, and an update never moves back.
-    let promoted = publish_candidate(&dc, &v3);
+    let promoted = publish_candidate(&dc, &source, &v3);
     dc.neco_ok(0, &["config", "set", "env", "prod"]).unwrap();
     assert_ignored(
         &dc,

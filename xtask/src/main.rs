@@ -12,8 +12,12 @@
 //! - [`checks`]: the checks of a built package that `cargo xtask ci` runs.
 
 mod checks;
+mod current;
 mod deb;
+mod git;
+mod nightly;
 mod progress;
+mod promote;
 mod publish;
 mod release;
 mod tag;
@@ -37,7 +41,12 @@ enum Cmd {
     /// What CI runs: install missing Debian packages, then the format check, clippy
     /// (`-D warnings`) and the tests, each with and without `--features release`; then build
     /// the release package (not published) and check it: metadata, files, lintian, an install
-    /// into a temporary root, systemd-analyze verify, byte-identical repackaging.
+    /// into a temporary root, systemd-analyze verify, byte-identical repackaging; then every
+    /// dctest suite.
+    ///
+    /// A failing step before the suites stops the command at once. The suites all run, also
+    /// after one fails; the summary ends with a table of the suites (passed / FAILED / not run,
+    /// duration, what each checks) and their wall time, and the command fails when any failed.
     Ci,
     /// Regenerate artifacts/src/generated/artifacts.rs and artifacts_release.rs with
     /// artifacts-gen.
@@ -65,11 +74,25 @@ enum Cmd {
     /// suites against it (real etcd cluster, registry mirror, GitHub / sabakan / feed / webhook
     /// stand-ins, boot servers with the package installed by dpkg and their daemons
     /// supervised), then print a summary.
+    ///
+    /// Every selected suite runs, also after one fails. The summary, printed on success and on
+    /// failure, ends with a table of the suites: result (passed / FAILED / not run, e.g. when
+    /// the package did not build), duration and what each checks, then the wall time of the
+    /// suites against the goal of under 5 minutes for all of them. The command fails when any
+    /// suite failed.
     Dctest {
         /// Run only this suite.
         #[arg(value_name = "SUITE", value_parser = clap::builder::PossibleValuesParser::new(SUITES))]
         suite: Option<String>,
     },
+    /// The nightly pipeline: merge main into release, regenerate the release pins, build and
+    /// run the release profile of dctest (bootstrap, upgrade) on the candidate; on success
+    /// commit `[ci skip] YYYY.MM.DD-N`, tag `test-YYYY.MM.DD-N` and push the branch, then the
+    /// tag. On any failure nothing is pushed and the repository is put back as it was.
+    Nightly(NightlyArgs),
+    /// Promote a tested candidate: tag `release-YYYY.MM.DD-N` on the commit of
+    /// `test-YYYY.MM.DD-N` and push the tag (CI then builds and publishes the pre-release).
+    Promote(PromoteArgs),
     /// Run a benchmark and print its report.
     Bench {
         #[command(subcommand)]
@@ -111,11 +134,88 @@ struct ReleaseArgs {
     github_api: String,
 }
 
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Environment: CIRCLE_BUILD_NUM (N of the version), NECO_REGISTRY_USERNAME and
+NECO_REGISTRY_PASSWORD (private images), GITHUB_TOKEN (GitHub API of artifacts-gen),
+ARTIFACTS_GEN_REGISTRIES / ARTIFACTS_GEN_GITHUB_API / ARTIFACTS_GEN_OS_FEED (endpoints).
+fetch and push run `git`, with its credentials (SSH agent, deploy key, credential helper).
+
+Exit status: 0 pushed, dry run done, or nothing to release; 1 a step failed (named), nothing
+pushed.")]
+struct NightlyArgs {
+    /// The git remote to fetch from and push to.
+    #[arg(long, value_name = "NAME", default_value = "origin")]
+    remote: String,
+    /// The branch developers merge to.
+    #[arg(long, value_name = "BRANCH", default_value = "main")]
+    main: String,
+    /// The branch of tested candidates.
+    #[arg(long, value_name = "BRANCH", default_value = "release")]
+    release: String,
+    /// Do everything but push, print what would be pushed, then put the repository back.
+    #[arg(long)]
+    dry_run: bool,
+    /// N of the version YYYY.MM.DD-N [default: one more than the highest N of any test- or
+    /// release- tag].
+    #[arg(long, value_name = "N", env = "CIRCLE_BUILD_NUM")]
+    build_num: Option<u64>,
+    /// Reach a registry host at another base URL (artifacts-gen --registry), e.g.
+    /// ghcr.io=http://127.0.0.1:5000. Repeatable.
+    #[arg(
+        long = "registry",
+        value_name = "HOST=URL",
+        env = "ARTIFACTS_GEN_REGISTRIES",
+        value_delimiter = ','
+    )]
+    registries: Vec<String>,
+    /// Base URL of the GitHub REST API (artifacts-gen, and the download of the current
+    /// release).
+    #[arg(long, value_name = "URL", env = "ARTIFACTS_GEN_GITHUB_API")]
+    github_api: Option<String>,
+    /// URL of the OS release feed for artifacts-gen.
+    #[arg(long, value_name = "URL", env = "ARTIFACTS_GEN_OS_FEED")]
+    os_feed: Option<String>,
+    /// Resolve against the local mirror (as `codegen --mirror`) instead of upstream. For
+    /// machines without access to ghcr.io, GitHub and flatcar.org.
+    #[arg(long, conflicts_with_all = ["registries", "github_api", "os_feed"])]
+    mirror: bool,
+    /// The package of the release running now, which the upgrade suite starts from [default:
+    /// the newest release-… of --repository on GitHub; with --mirror, or when there is none,
+    /// the candidate itself].
+    #[arg(long, value_name = "FILE")]
+    upgrade_from: Option<PathBuf>,
+    /// The GitHub repository of neco's releases (owner/name) [default: the workspace's
+    /// repository].
+    #[arg(long, value_name = "OWNER/NAME")]
+    repository: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct PromoteArgs {
+    /// The tested candidate: test-YYYY.MM.DD-N.
+    #[arg(value_name = "TAG")]
+    tag: String,
+    /// The git remote to fetch from and push to.
+    #[arg(long, value_name = "NAME", default_value = "origin")]
+    remote: String,
+    /// The branch release tags must be on.
+    #[arg(long, value_name = "BRANCH", default_value = "release")]
+    release: String,
+    /// Check and print what would be pushed; create and push nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Bench {
     /// artifacts-gen resolution: concurrent against sequential and the ideal bound, tag
     /// selection at 100,000 tags, and against `skopeo list-tags` on a real registry.
     Resolve,
+    /// The lock-step rollout: 3, 10 and 30 in-process workers with no-op steps against a real
+    /// 3-member etcd; time per rollout, per step and per step per worker, against the latency
+    /// of one etcd write and one put → watch round trip; goal ≤ 50 ms per step at 30 workers.
+    Rollout,
 }
 
 /// Debian packages the tests need.
@@ -131,6 +231,8 @@ const TEST_PACKAGES: &[&str] = &[
     "binutils",
     "lintian",
     "systemd",
+    // check-jsonschema (from PyPI, into a virtualenv) validates .circleci/config.yml.
+    "python3-venv",
 ];
 
 /// The version of the package `cargo xtask ci` builds and checks (dctest's: it parses as
@@ -148,9 +250,20 @@ fn main() -> std::process::ExitCode {
             Cmd::Release(args) => release::run(&root, &cargo(), &release_options(args)),
             Cmd::CheckDeb { deb } => check_deb(&root, &deb),
             Cmd::Dctest { suite } => dctest(&root, suite.as_deref()),
+            Cmd::Nightly(args) => nightly(&root, args),
+            Cmd::Promote(args) => promote::run(&promote::Options {
+                repo: root.clone(),
+                remote: args.remote,
+                release: args.release,
+                tag: args.tag,
+                dry_run: args.dry_run,
+            }),
             Cmd::Bench {
                 bench: Bench::Resolve,
             } => bench_resolve(&root),
+            Cmd::Bench {
+                bench: Bench::Rollout,
+            } => bench_rollout(&root),
         },
         Err(e) => Err(e),
     };
@@ -189,14 +302,31 @@ fn run(dir: &Path, program: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A sequence of named steps with their durations, summarised at the end.
+/// A sequence of named steps with their durations, summarised at the end; with the table of
+/// the dctest suites once they are planned.
 struct Steps {
     done: Vec<(String, Duration)>,
+    suites: Vec<SuiteRun>,
 }
 
 impl Steps {
     fn new() -> Self {
-        Self { done: Vec::new() }
+        Self {
+            done: Vec::new(),
+            suites: Vec::new(),
+        }
+    }
+
+    /// The suites the command will run: the summary reports each as not run until it ran.
+    fn plan_suites(&mut self, suites: &[&str]) {
+        self.suites = suites
+            .iter()
+            .map(|suite| SuiteRun {
+                suite: (*suite).to_owned(),
+                result: SuiteResult::NotRun,
+                took: Duration::ZERO,
+            })
+            .collect();
     }
 
     fn step(&mut self, name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
@@ -215,6 +345,9 @@ impl Steps {
         for (name, took) in &self.done {
             eprintln!("  {:>7.1}s  {name}", took.as_secs_f64());
         }
+        if !self.suites.is_empty() {
+            print_suites(&self.suites);
+        }
     }
 }
 
@@ -232,7 +365,29 @@ fn suite_summary(suite: &str) -> &'static str {
     }
 }
 
-/// Runs dctest suites against a package, each as a step.
+/// The goal for the wall time of all suites, one after the other.
+const SUITES_GOAL: Duration = Duration::from_secs(5 * 60);
+
+/// How a dctest suite ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SuiteResult {
+    Passed,
+    /// Why: the exit status of `cargo test`, or why it could not run.
+    Failed(String),
+    NotRun,
+}
+
+/// One suite in the summary.
+#[derive(Debug, Clone)]
+struct SuiteRun {
+    suite: String,
+    result: SuiteResult,
+    took: Duration,
+}
+
+/// Runs dctest suites against a package, one after the other, every one even when an earlier
+/// one failed, and records each in `steps` (its summary prints the suite table). When any
+/// failed, prints the summary and fails, naming them.
 fn run_suites(
     root: &Path,
     cargo: &str,
@@ -240,33 +395,297 @@ fn run_suites(
     suites: &[&str],
     steps: &mut Steps,
 ) -> anyhow::Result<()> {
-    for suite in suites {
-        steps.step(&format!("dctest {suite}: {}", suite_summary(suite)), || {
-            eprintln!("$ NECO_DEB={} {cargo} test --locked -p dctest --features suites --test {suite}", deb.display());
-            let status = Command::new(cargo)
-                .args(["test", "--locked", "-p", "dctest", "--features", "suites", "--test", suite])
-                .env("NECO_DEB", deb)
-                .current_dir(root)
-                .status()
-                .with_context(|| format!("cannot run {cargo}"))?;
-            if !status.success() {
-                bail!("the {suite} suite failed ({status}); the logs of every process are printed above");
+    run_suites_with(root, cargo, deb, &[], suites, steps)
+}
+
+/// [`run_suites`] with more environment for the suites (e.g. `NECO_UPGRADE_FROM`).
+fn run_suites_with(
+    root: &Path,
+    cargo: &str,
+    deb: &Path,
+    env: &[(&str, &Path)],
+    suites: &[&str],
+    steps: &mut Steps,
+) -> anyhow::Result<()> {
+    steps.plan_suites(suites);
+    for (suite, run) in suites.iter().zip(steps.suites.iter_mut()) {
+        eprintln!("\n==> dctest {suite}: {}", suite_summary(suite));
+        let more: String = env
+            .iter()
+            .map(|(k, v)| format!("{k}={} ", v.display()))
+            .collect();
+        eprintln!(
+            "$ NECO_DEB={} {more}{cargo} test --locked -p dctest --features suites --test {suite}",
+            deb.display()
+        );
+        let start = Instant::now();
+        let status = Command::new(cargo)
+            .args([
+                "test",
+                "--locked",
+                "-p",
+                "dctest",
+                "--features",
+                "suites",
+                "--test",
+                suite,
+            ])
+            .env("NECO_DEB", deb)
+            .envs(env.iter().copied())
+            .current_dir(root)
+            .status();
+        run.took = start.elapsed();
+        run.result = match status {
+            Ok(status) if status.success() => SuiteResult::Passed,
+            Ok(status) => SuiteResult::Failed(status.to_string()),
+            Err(e) => SuiteResult::Failed(format!("cannot run {cargo}: {e}")),
+        };
+        if let SuiteResult::Failed(why) = &run.result {
+            eprintln!(
+                "the {suite} suite FAILED ({why}); the logs of every process are printed above; \
+                 going on with the other suites"
+            );
+        }
+    }
+    let failed: Vec<&str> = steps
+        .suites
+        .iter()
+        .filter(|run| matches!(run.result, SuiteResult::Failed(_)))
+        .map(|run| run.suite.as_str())
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    steps.summary("FAILED");
+    bail!(
+        "{} of {} dctest suites failed: {}",
+        failed.len(),
+        suites.len(),
+        failed.join(", ")
+    )
+}
+
+/// Prints the table of the suites (result, duration, what each checks) and their wall time
+/// against [`SUITES_GOAL`].
+fn print_suites(runs: &[SuiteRun]) {
+    eprint!("{}", suites_report(runs));
+}
+
+fn suites_report(runs: &[SuiteRun]) -> String {
+    use std::fmt::Write as _;
+    let header = ["suite", "result", "duration", "what was checked"].map(str::to_owned);
+    let rows: Vec<[String; 4]> = runs
+        .iter()
+        .map(|run| {
+            let (result, took) = match &run.result {
+                SuiteResult::Passed => ("passed".to_owned(), seconds(run.took)),
+                SuiteResult::Failed(why) => (format!("FAILED ({why})"), seconds(run.took)),
+                SuiteResult::NotRun => ("not run".to_owned(), String::new()),
+            };
+            [
+                run.suite.clone(),
+                result,
+                took,
+                suite_summary(&run.suite).to_owned(),
+            ]
+        })
+        .collect();
+    let mut widths = [0; 4];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::from("\ndctest suites:\n");
+    let mut line = |row: &[String; 4]| {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        let _ = writeln!(out, "  | {} |", cells.join(" | "));
+    };
+    line(&header);
+    line(&widths.map(|w| "-".repeat(w)));
+    for row in &rows {
+        line(row);
+    }
+    let ran = runs
+        .iter()
+        .filter(|run| run.result != SuiteResult::NotRun)
+        .count();
+    let total: Duration = runs.iter().map(|run| run.took).sum();
+    let all_passed =
+        runs.len() == SUITES.len() && runs.iter().all(|run| run.result == SuiteResult::Passed);
+    let verdict = if total >= SUITES_GOAL {
+        "NOT met"
+    } else if all_passed {
+        "met"
+    } else {
+        "not comparable (not every suite ran and passed)"
+    };
+    let _ = writeln!(
+        out,
+        "  wall time of the suites: {} ({ran} of {} ran); goal: all {} suites in < {} min: {verdict}",
+        minutes(total),
+        runs.len(),
+        SUITES.len(),
+        SUITES_GOAL.as_secs() / 60,
+    );
+    out
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+fn minutes(d: Duration) -> String {
+    let secs = d.as_secs();
+    format!("{} min {:02} s", secs / 60, secs % 60)
+}
+
+/// The release profile of dctest that a nightly candidate must pass: a fresh data center on
+/// the candidate, and the upgrade of one to it.
+const NIGHTLY_SUITES: [&str; 2] = ["bootstrap", "upgrade"];
+
+/// The nightly candidate check: the release build, the package at the candidate's version,
+/// and the release profile of dctest on it.
+struct DctestCandidate {
+    cargo: String,
+    from: UpgradeFrom,
+}
+
+/// The release the upgrade suite starts from.
+enum UpgradeFrom {
+    /// A package file given by the operator.
+    File(PathBuf),
+    /// The newest release of the repository on GitHub (staging's), downloaded.
+    Latest { api: String, repository: String },
+    /// The candidate itself, repackaged one version lower (no release to start from).
+    Candidate,
+}
+
+impl nightly::Candidate for DctestCandidate {
+    fn test(
+        &mut self,
+        repo: &Path,
+        tag: &tag::ReleaseTag,
+        steps: &mut Steps,
+    ) -> anyhow::Result<()> {
+        steps.step("Debian packages", || ensure_packages(TEST_PACKAGES))?;
+        let mut from = None;
+        steps.step("the release to upgrade from", || {
+            from = match &self.from {
+                UpgradeFrom::File(path) => Some(path.clone()),
+                UpgradeFrom::Candidate => None,
+                UpgradeFrom::Latest { api, repository } => {
+                    let token = release::github_token();
+                    let dir = deb::target_dir(repo).join("nightly");
+                    match current::download(api, repository, token.as_ref(), &dir)? {
+                        Some((tag, path)) => {
+                            eprintln!("{repository}: the newest release is {tag}");
+                            Some(path)
+                        }
+                        None => None,
+                    }
+                }
+            };
+            match &from {
+                Some(path) => eprintln!("upgrade from {}", path.display()),
+                None => eprintln!("no release to upgrade from: the candidate is upgraded to itself repackaged one version higher"),
             }
             Ok(())
         })?;
+        let deb = build_package_as(repo, &self.cargo, steps, tag, false)?;
+        let env: Vec<(&str, &Path)> = from
+            .as_deref()
+            .map(|path| ("NECO_UPGRADE_FROM", path))
+            .into_iter()
+            .collect();
+        run_suites_with(repo, &self.cargo, &deb, &env, &NIGHTLY_SUITES, steps)
     }
-    Ok(())
+}
+
+fn nightly(root: &Path, args: NightlyArgs) -> anyhow::Result<()> {
+    let mut artifacts_gen_args = Vec::new();
+    // Keeps the mirror's servers alive for the run.
+    let _mirror = if args.mirror {
+        let (m, mirror_args) = start_mirror()?;
+        artifacts_gen_args.extend(mirror_args);
+        Some(m)
+    } else {
+        None
+    };
+    for registry in args.registries {
+        artifacts_gen_args.extend(["--registry".to_owned(), registry]);
+    }
+    if let Some(url) = args.github_api.clone() {
+        artifacts_gen_args.extend(["--github-api".to_owned(), url]);
+    }
+    if let Some(url) = args.os_feed {
+        artifacts_gen_args.extend(["--os-feed".to_owned(), url]);
+    }
+    let options = nightly::Options {
+        repo: root.to_path_buf(),
+        remote: args.remote,
+        main: args.main,
+        release: args.release,
+        dry_run: args.dry_run,
+        build_num: args.build_num,
+        today: time::OffsetDateTime::now_utc().date(),
+        artifacts_gen_args,
+    };
+    let mut steps = Steps::new();
+    let from = match (args.upgrade_from, args.mirror) {
+        (Some(path), _) => UpgradeFrom::File(path),
+        // The mirror has no neco releases.
+        (None, true) => UpgradeFrom::Candidate,
+        (None, false) => UpgradeFrom::Latest {
+            api: args
+                .github_api
+                .clone()
+                .unwrap_or_else(|| release::GITHUB_API.to_owned()),
+            repository: args
+                .repository
+                .clone()
+                .unwrap_or_else(release::default_repository),
+        },
+    };
+    // artifacts-gen runs in this process: its warnings (expired ignore entries, new images) are
+    // `tracing` events.
+    clikit::init_logging(clikit::LogFormat::Human);
+    let mut candidate = DctestCandidate {
+        cargo: cargo(),
+        from,
+    };
+    let outcome = nightly::run(&options, &mut candidate, &mut steps);
+    match outcome {
+        Ok(outcome) => {
+            steps.summary("cargo xtask nightly passed");
+            match outcome {
+                nightly::Outcome::NothingToRelease => println!("nothing to release"),
+                nightly::Outcome::Pushed { tag, commit } => {
+                    println!("pushed {} and {tag} ({commit})", options.release)
+                }
+                nightly::Outcome::DryRun { plan, .. } => println!("{plan}"),
+            }
+            Ok(())
+        }
+        // A failed step has printed the summary.
+        Err(e) => Err(e.context("cargo xtask nightly failed; nothing was pushed")),
+    }
 }
 
 fn dctest(root: &Path, suite: Option<&str>) -> anyhow::Result<()> {
     let cargo = cargo();
-    let mut steps = Steps::new();
-    steps.step("Debian packages", || ensure_packages(TEST_PACKAGES))?;
-    let deb = build_unpublished_package(root, &cargo, &mut steps, false)?;
     let suites: Vec<&str> = match suite {
         Some(s) => vec![s],
         None => SUITES.to_vec(),
     };
+    let mut steps = Steps::new();
+    steps.plan_suites(&suites);
+    steps.step("Debian packages", || ensure_packages(TEST_PACKAGES))?;
+    let deb = build_unpublished_package(root, &cargo, &mut steps, false)?;
     run_suites(root, &cargo, &deb, &suites, &mut steps)?;
     steps.summary("cargo xtask dctest passed");
     Ok(())
@@ -275,10 +694,15 @@ fn dctest(root: &Path, suite: Option<&str>) -> anyhow::Result<()> {
 fn ci(root: &Path) -> anyhow::Result<()> {
     let cargo = cargo();
     let mut steps = Steps::new();
+    steps.plan_suites(&SUITES);
     steps.step("Debian packages", || ensure_packages(TEST_PACKAGES))?;
     steps.step("cargo fmt --check", || {
         run(root, &cargo, &["fmt", "--all", "--check"])
     })?;
+    steps.step(
+        "CircleCI config (check-jsonschema --builtin-schema vendor.circle-ci)",
+        || check_circleci(root),
+    )?;
     for (label, features) in [("default", None), ("release", Some("artifacts/release"))] {
         // The dctest suites are linted here and run after the package is built.
         let mut clippy = vec!["clippy", "--workspace", "--all-targets", "--locked"];
@@ -300,6 +724,45 @@ fn ci(root: &Path) -> anyhow::Result<()> {
     run_suites(root, &cargo, &deb, &SUITES, &mut steps)?;
     steps.summary("cargo xtask ci passed");
     Ok(())
+}
+
+/// The check-jsonschema release that validates the CircleCI config (PyPI).
+const CHECK_JSONSCHEMA_VERSION: &str = "0.39.0";
+
+/// Validates `.circleci/config.yml` against CircleCI's schema, with check-jsonschema installed
+/// into a virtualenv under the target directory (Debian's python3).
+fn check_circleci(root: &Path) -> anyhow::Result<()> {
+    let venv = deb::target_dir(root)
+        .join("tools")
+        .join(format!("check-jsonschema-{CHECK_JSONSCHEMA_VERSION}"));
+    let bin = venv.join("bin/check-jsonschema");
+    if !bin.exists() {
+        let venv_arg = venv.to_str().context("the target directory is not UTF-8")?;
+        run(root, "/usr/bin/python3", &["-m", "venv", venv_arg])?;
+        let pip = venv.join("bin/pip");
+        let pip = pip.to_str().context("the target directory is not UTF-8")?;
+        let requirement = format!("check-jsonschema=={CHECK_JSONSCHEMA_VERSION}");
+        run(
+            root,
+            pip,
+            &[
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                &requirement,
+            ],
+        )?;
+    }
+    let bin = bin.to_str().context("the target directory is not UTF-8")?;
+    run(
+        root,
+        bin,
+        &[
+            "--builtin-schema",
+            "vendor.circle-ci",
+            ".circleci/config.yml",
+        ],
+    )
 }
 
 fn release_options(args: ReleaseArgs) -> release::Options {
@@ -325,8 +788,20 @@ fn build_unpublished_package(
     check: bool,
 ) -> anyhow::Result<PathBuf> {
     let tag = tag::ReleaseTag::parse(CI_TAG)?;
+    build_package_as(root, cargo, steps, &tag, check)
+}
+
+/// Builds the package of the working tree as it is (not published) at the version of `tag`;
+/// with `check`, also checks it. Returns the package file.
+fn build_package_as(
+    root: &Path,
+    cargo: &str,
+    steps: &mut Steps,
+    tag: &tag::ReleaseTag,
+    check: bool,
+) -> anyhow::Result<PathBuf> {
     let commit = release::Commit::read(root)?;
-    release::check_source(root, &tag, &commit, true)?;
+    release::check_source(root, tag, &commit, true)?;
     let meta = deb::Meta {
         version: tag.version.clone(),
         tag: tag.tag.clone(),
@@ -394,19 +869,8 @@ fn codegen(root: &Path, mirror: bool, check: bool) -> anyhow::Result<()> {
     let mut common: Vec<String> = Vec::new();
     // Keeps the mirror's servers alive until both files are written.
     let _mirror = if mirror {
-        ensure_packages(TEST_PACKAGES)?;
-        let seed = dctest::mirror::MirrorSeed::neco_2025()?;
-        eprintln!("starting the local mirror (docker-registry, GitHub and feed stand-ins)");
-        let m = dctest::mirror::Mirror::start(&seed)?;
-        for o in m.registry_overrides() {
-            common.extend(["--registry".to_owned(), o]);
-        }
-        common.extend([
-            "--github-api".to_owned(),
-            m.github.base_url(),
-            "--os-feed".to_owned(),
-            m.feed.feed_url(),
-        ]);
+        let (m, args) = start_mirror()?;
+        common.extend(args);
         Some(m)
     } else {
         None
@@ -429,6 +893,27 @@ fn codegen(root: &Path, mirror: bool, check: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts the local mirror of the pins (docker-registry, GitHub and feed stand-ins seeded with
+/// dctest/mirror/neco-pins-2025-03-10.toml); returns it (its servers stop when it is dropped)
+/// and the artifacts-gen arguments that point at it.
+fn start_mirror() -> anyhow::Result<(dctest::mirror::Mirror, Vec<String>)> {
+    ensure_packages(TEST_PACKAGES)?;
+    let seed = dctest::mirror::MirrorSeed::neco_2025()?;
+    eprintln!("starting the local mirror (docker-registry, GitHub and feed stand-ins)");
+    let m = dctest::mirror::Mirror::start(&seed)?;
+    let mut args = Vec::new();
+    for o in m.registry_overrides() {
+        args.extend(["--registry".to_owned(), o]);
+    }
+    args.extend([
+        "--github-api".to_owned(),
+        m.github.base_url(),
+        "--os-feed".to_owned(),
+        m.feed.feed_url(),
+    ]);
+    Ok((m, args))
+}
+
 fn bench_resolve(root: &Path) -> anyhow::Result<()> {
     ensure_packages(BENCH_PACKAGES)?;
     run(
@@ -442,6 +927,17 @@ fn bench_resolve(root: &Path) -> anyhow::Result<()> {
             "--bench",
             "resolve",
         ],
+    )
+}
+
+fn bench_rollout(root: &Path) -> anyhow::Result<()> {
+    // A real etcd cluster (etcdctl is dctest's reader); etcd-client (the crate) generates its
+    // gRPC code with protoc at build time.
+    ensure_packages(&["etcd-server", "etcd-client", "protobuf-compiler"])?;
+    run(
+        root,
+        &cargo(),
+        &["bench", "--locked", "-p", "worker", "--bench", "rollout"],
     )
 }
 
@@ -498,4 +994,58 @@ fn is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(suite: &str, result: SuiteResult, secs: u64) -> SuiteRun {
+        SuiteRun {
+            suite: suite.to_owned(),
+            result,
+            took: Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn the_suite_table_reports_failed_and_unrun_suites() {
+        let report = suites_report(&[
+            run("bootstrap", SuiteResult::Passed, 40),
+            run(
+                "upgrade",
+                SuiteResult::Failed("exit status: 101".into()),
+                20,
+            ),
+            run("functions", SuiteResult::NotRun, 0),
+            run("datacenter", SuiteResult::Passed, 15),
+        ]);
+        assert!(report.contains("| bootstrap  | passed "), "{report}");
+        assert!(
+            report.contains("| FAILED (exit status: 101) | 20.0 s "),
+            "{report}"
+        );
+        assert!(report.contains("| functions  | not run "), "{report}");
+        assert!(report.contains(suite_summary("datacenter")), "{report}");
+        assert!(
+            report.contains("1 min 15 s (3 of 4 ran)") && report.contains("not comparable"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn the_wall_time_is_compared_with_the_goal() {
+        let all = |secs| -> Vec<SuiteRun> {
+            SUITES
+                .iter()
+                .map(|s| run(s, SuiteResult::Passed, secs))
+                .collect()
+        };
+        assert!(suites_report(&all(70)).ends_with("in < 5 min: met\n"));
+        assert!(suites_report(&all(75)).ends_with("in < 5 min: NOT met\n"));
+        // Over the goal is over the goal, whatever else happened.
+        let mut slow = all(80);
+        slow[0].result = SuiteResult::Failed("exit status: 101".into());
+        assert!(suites_report(&slow).ends_with("NOT met\n"));
+    }
 }

@@ -252,10 +252,7 @@ pub fn run(root: &Path, cargo: &str, options: &Options) -> anyhow::Result<()> {
         homepage: env!("CARGO_PKG_REPOSITORY").to_owned(),
     };
     let publishing = !options.no_publish;
-    let token = std::env::var("GITHUB_TOKEN")
-        .ok()
-        .filter(|t| !t.trim().is_empty())
-        .map(|t| Secret::new(t.trim()));
+    let token = github_token();
     if publishing && !options.dry_run && token.is_none() {
         bail!("publishing needs a GitHub token in GITHUB_TOKEN (or pass --no-publish)");
     }
@@ -386,7 +383,23 @@ fn publish_with(
 ) -> anyhow::Result<publish::Outcome> {
     let api = reqwest::Url::parse(&options.github_api)
         .with_context(|| format!("--github-api {:?}", options.github_api))?;
-    let http = Http::with_options(HttpOptions {
+    let http = github_http()?;
+    let github = GitHub::new(&http, api, token);
+    block_on(publish::publish(&github, target, local, dry_run))?
+}
+
+/// The GitHub token of the environment (`GITHUB_TOKEN`), if any.
+pub fn github_token() -> Option<Secret> {
+    std::env::var("GITHUB_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| Secret::new(t.trim()))
+}
+
+/// xtask's HTTP client for GitHub: two connections per host, three attempts, and a timeout
+/// long enough for a package upload.
+pub fn github_http() -> anyhow::Result<Http> {
+    Ok(Http::with_options(HttpOptions {
         per_host: 2,
         retry: RetryPolicy {
             attempts: 3,
@@ -395,13 +408,16 @@ fn publish_with(
         timeout: Duration::from_secs(30 * 60),
         user_agent: concat!("neco-rs-xtask/", env!("CARGO_PKG_VERSION")).to_owned(),
         ..HttpOptions::default()
-    })?;
-    let github = GitHub::new(&http, api, token);
+    })?)
+}
+
+/// Runs one async call from a synchronous command.
+pub fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(publish::publish(&github, target, local, dry_run))
+    Ok(runtime.block_on(future))
 }
 
 /// Debian packages the release build and its checks need.
