@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 /// Operate the neco boot servers: configuration, update status and recovery, membership.
 #[derive(Debug, Parser)]
-#[command(name = "neco", version)]
+#[command(name = "neco", version = crate::VERSION)]
 pub struct Cli {
     /// Root directory under which etc/neco/config.toml and the dpkg database are read.
     #[arg(long, value_name = "DIR", default_value = "/", global = true)]

@@ -9,6 +9,15 @@
 //! daemons (`updater`, `worker`), which depend on it.
 
 pub mod cli;
+
+/// What the programs print for `--version`: the package version they were built for
+/// (`NECO_VERSION`, set by `cargo xtask release` and the packages of CI and dctest), else the
+/// crate version marked `-dev`. The worker compares releases with the version in the dpkg
+/// database, not with this.
+pub const VERSION: &str = match option_env!("NECO_VERSION") {
+    Some(version) => version,
+    None => concat!(env!("CARGO_PKG_VERSION"), "-dev"),
+};
 pub mod config;
 pub mod dpkg;
 pub mod duration;

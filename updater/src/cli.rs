@@ -15,7 +15,7 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(
     name = "neco-updater",
-    version,
+    version = neco::VERSION,
     after_help = "\
 Exit status: 0 after SIGTERM or SIGINT, 1 on a failure a restart may cure (etcd unreachable),
 2 when the configuration file is unusable."

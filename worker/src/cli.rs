@@ -9,7 +9,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(
     name = "neco-worker",
-    version,
+    version = neco::VERSION,
     after_help = "\
 Exit status: 0 after SIGTERM or SIGINT; 10 after installing a new neco package (the supervisor
 must start the new binary); 1 on a failure a restart may cure (etcd unreachable, an aborted

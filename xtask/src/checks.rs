@@ -393,7 +393,7 @@ fn install_into_root(deb: &Path, version: &str) -> anyhow::Result<()> {
         let path = root.join(dir).join(name);
         let version_output = output_of(Command::new(&path).arg("--version"))?;
         ensure!(
-            version_output.starts_with(name),
+            version_output.trim() == format!("{name} {version}"),
             "{} --version: {version_output:?}",
             path.display()
         );

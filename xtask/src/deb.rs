@@ -104,8 +104,9 @@ fn remap_rustflags(root: &Path) -> String {
     flags.join("\x1f")
 }
 
-/// Builds the release binaries; returns the directory holding them.
-pub fn build_binaries(root: &Path, cargo: &str) -> anyhow::Result<PathBuf> {
+/// Builds the release binaries for package `version` (what they print for `--version`);
+/// returns the directory holding them.
+pub fn build_binaries(root: &Path, cargo: &str, version: &str) -> anyhow::Result<PathBuf> {
     eprintln!(
         "$ CARGO_ENCODED_RUSTFLAGS=<remap workspace, cargo home, target dir> cargo {}",
         BUILD_ARGS.join(" ")
@@ -113,6 +114,7 @@ pub fn build_binaries(root: &Path, cargo: &str) -> anyhow::Result<PathBuf> {
     let status = Command::new(cargo)
         .args(BUILD_ARGS)
         .env("CARGO_ENCODED_RUSTFLAGS", remap_rustflags(root))
+        .env("NECO_VERSION", version)
         .env_remove("RUSTFLAGS")
         .current_dir(root)
         .status()

@@ -813,7 +813,7 @@ fn build_package_as(
     steps.step(
         "release build (cargo build --release --features artifacts/release)",
         || {
-            binaries = deb::build_binaries(root, cargo)?;
+            binaries = deb::build_binaries(root, cargo, &tag.version)?;
             Ok(())
         },
     )?;

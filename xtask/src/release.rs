@@ -296,7 +296,7 @@ pub fn run(root: &Path, cargo: &str, options: &Options) -> anyhow::Result<()> {
     ensure_release_packages()?;
     eprintln!("\n==> [1/4] build the release binaries");
     let started = std::time::Instant::now();
-    let binaries = deb::build_binaries(root, cargo)?;
+    let binaries = deb::build_binaries(root, cargo, &meta.version)?;
     eprintln!("  ✓ built in {:.1}s", started.elapsed().as_secs_f64());
     eprintln!("\n==> [2/4] package");
     let built = package(root, &binaries, &meta, &out)?;
