@@ -12,8 +12,11 @@ use std::time::Duration;
 
 /// The contents target in etcd (`contents/sabakan`).
 pub const TARGET: &str = "sabakan";
-/// TTL of the worker leadership held while uploading.
-pub const UPLOAD_TTL: Duration = Duration::from_secs(600);
+/// TTL of the lease behind the worker leadership held while uploading. The holder keeps it
+/// alive for as long as it runs (an upload may take minutes); when the holder dies, the others
+/// wait at most this long. Twice the liveness TTL: a holder cut off from etcd for that long has
+/// been declared dead and the update stopped already.
+pub const UPLOAD_TTL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContentsError {

@@ -485,6 +485,50 @@ async fn step3_writes_units_and_restarts_only_changed_services() {
 // --- step 4 ----------------------------------------------------------------------------------
 
 #[tokio::test]
+async fn step4_a_holder_that_died_delays_the_others_only_for_the_lease_ttl() {
+    let etcd = EtcdCluster::single().expect("start etcd");
+    let os = &artifacts::OS_IMAGE;
+    let feed = FeedServer::start(os.channel.as_str(), &[os.version.as_str()]).unwrap();
+    let sabakan = SabakanStandIn::start().unwrap();
+    let github = github_with(pinned_deb());
+    let env = Env::new(
+        connect(&etcd).await,
+        &github.base_url(),
+        sources(&dead_url(), &sabakan.base_url(), &feed.base_url()),
+    );
+    let server = Server::new(0);
+    let ctx = env.ctx(&server);
+    ctx.run(Step::InstallDebs, V).await.unwrap();
+
+    // Worker 1 took the upload leadership and died: its lease is no longer kept alive, and
+    // nobody resigns for it.
+    let dead = connect(&etcd).await;
+    let held = neco::lease::Leadership::campaign(
+        &dead,
+        neco::storage::keys::LEADER_WORKER,
+        "1",
+        worker::contents::UPLOAD_TTL,
+    )
+    .await
+    .unwrap();
+    drop(held);
+    drop(dead);
+
+    let started = std::time::Instant::now();
+    ctx.run(Step::SabakanContents, V).await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "worker 0 did not wait for the dead holder's lease: {waited:?}"
+    );
+    assert!(
+        waited <= worker::contents::UPLOAD_TTL + Duration::from_secs(5),
+        "worker 0 waited {waited:?}, longer than the lease TTL"
+    );
+    assert_eq!(sabakan.images().len(), 1);
+}
+
+#[tokio::test]
 async fn step4_three_workers_upload_the_contents_exactly_once() {
     let etcd = EtcdCluster::single().expect("start etcd");
     let os = &artifacts::OS_IMAGE;
