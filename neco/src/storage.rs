@@ -28,6 +28,10 @@ pub mod keys {
     pub const CONFIG: &str = "config/";
     /// Liveness: a key per boot server bound to a lease its worker keeps alive.
     pub const ALIVE: &str = "alive/";
+    /// The last request whose success was notified (its JSON), written by the updater leader
+    /// after it sent the notice: a leader elected between a completion and its notice sends
+    /// it (an extension of neco's schema; outside `status/`, which the workers watch).
+    pub const NOTIFIED: &str = "notice/succeeded";
 
     pub fn bootserver(lrn: Lrn) -> String {
         format!("{BOOTSERVERS}{lrn}")
@@ -208,6 +212,8 @@ pub struct Snapshot {
     pub servers: Vec<Lrn>,
     /// Values that could not be read: `(key, error)`. Reported, not fatal.
     pub malformed: Vec<(String, String)>,
+    /// `notice/succeeded`: the last request whose success was notified.
+    pub notified: Option<UpdateRequest>,
 }
 
 /// An event of a watch on `status/`.
@@ -594,6 +600,18 @@ impl Storage {
         .await
     }
 
+    /// Records that the success of `request` was notified.
+    pub async fn put_notified(&self, request: &UpdateRequest, leader_key: &str) -> Result<()> {
+        let key = self.key(keys::NOTIFIED);
+        let value = self.encode(keys::NOTIFIED, request)?;
+        self.guarded(
+            leader_key,
+            vec![TxnOp::put(key.as_bytes(), value, None)],
+            keys::NOTIFIED,
+        )
+        .await
+    }
+
     /// Writes the request and wipes every worker status, in one transaction.
     pub async fn put_reconfigure_request(
         &self,
@@ -698,6 +716,31 @@ impl Storage {
                 (_, Err(e)) => malformed.push((self.key(&relative), e.to_string())),
             }
         }
+        let notified_key = self.key(keys::NOTIFIED);
+        let notified = match self
+            .client
+            .clone()
+            .get(
+                notified_key.as_bytes(),
+                Some(GetOptions::new().with_revision(revision)),
+            )
+            .await
+            .map_err(etcd_err("get", &notified_key))?
+            .kvs()
+            .first()
+        {
+            None => None,
+            Some(kv) => {
+                let value = String::from_utf8_lossy(kv.value());
+                match self.decode::<UpdateRequest>(keys::NOTIFIED, &value) {
+                    Ok(request) => Some(request),
+                    Err(e) => {
+                        malformed.push((notified_key.clone(), e.to_string()));
+                        None
+                    }
+                }
+            }
+        };
         Ok(Snapshot {
             revision,
             request,
@@ -705,6 +748,7 @@ impl Storage {
             latest,
             servers,
             malformed,
+            notified,
         })
     }
 

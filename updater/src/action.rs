@@ -24,6 +24,9 @@ pub enum Action {
     WaitUserRecovery,
     /// The set of boot servers changed after a completed update: run it again for the new set.
     Reconfigure,
+    /// Every server completed the request, and its success was not notified yet (also when
+    /// the leader that saw the completion died before the notice).
+    NotifySucceeded,
     /// The snapshot holds a value the updater cannot act on; log it and wait for `info/`.
     Invalid { reason: String },
 }
@@ -38,6 +41,7 @@ impl Action {
             Action::RequestStop { .. } => "request-stop",
             Action::WaitUserRecovery => "wait-for-user-recovery",
             Action::Reconfigure => "reconfigure",
+            Action::NotifySucceeded => "notify-succeeded",
             Action::Invalid { .. } => "invalid",
         }
     }
@@ -102,6 +106,9 @@ pub fn next_action(snapshot: &Snapshot, now: OffsetDateTime, timeout: Duration) 
         }
         return Action::WaitWorkers;
     }
+    if snapshot.notified.as_ref() != Some(request) {
+        return Action::NotifySucceeded;
+    }
     let mut requested = request.servers.clone();
     requested.sort_unstable();
     if requested != snapshot.servers {
@@ -161,8 +168,11 @@ mod tests {
         statuses: &[(u32, UpdateStatus)],
         servers: &[u32],
     ) -> Snapshot {
+        // The success of a completed request was notified (the rows about the notice say
+        // otherwise).
         Snapshot {
             revision: 10,
+            notified: request.clone(),
             request,
             statuses: statuses.iter().cloned().collect::<BTreeMap<_, _>>(),
             latest: latest.into(),
@@ -270,6 +280,65 @@ mod tests {
         for (name, snapshot, want) in rows {
             assert_eq!(next_action(&snapshot, now(), HOUR), want, "{name}");
         }
+    }
+
+    #[test]
+    fn a_completed_request_is_notified_once_before_anything_else() {
+        let completed = req(V1, &[0, 1], false, Duration::from_secs(60));
+        let done = vec![
+            (0, st(V1, UpdateCondition::Completed)),
+            (1, st(V1, UpdateCondition::Completed)),
+        ];
+        let with_notice =
+            |notified: Option<UpdateRequest>, latest: &str, servers: &[u32]| Snapshot {
+                notified,
+                ..snap(latest, Some(completed.clone()), &done, servers)
+            };
+        let older = UpdateRequest {
+            started_at: completed.started_at - HOUR,
+            ..completed.clone()
+        };
+        let rows = [
+            (
+                "never notified",
+                with_notice(None, V1, &[0, 1]),
+                Action::NotifySucceeded,
+            ),
+            (
+                "the notice was of an earlier request for the same version",
+                with_notice(Some(older), V1, &[0, 1]),
+                Action::NotifySucceeded,
+            ),
+            (
+                "before a new update is requested",
+                with_notice(None, V2, &[0, 1]),
+                Action::NotifySucceeded,
+            ),
+            (
+                "before a reconfiguration",
+                with_notice(None, V1, &[0, 1, 2]),
+                Action::NotifySucceeded,
+            ),
+            (
+                "notified: then the next update",
+                with_notice(Some(completed.clone()), V2, &[0, 1]),
+                Action::RequestUpdate,
+            ),
+            (
+                "notified, nothing new",
+                with_notice(Some(completed.clone()), V1, &[0, 1]),
+                Action::WaitInfo,
+            ),
+        ];
+        for (name, snapshot, want) in rows {
+            assert_eq!(next_action(&snapshot, now(), HOUR), want, "{name}");
+        }
+        // Not completed: no notice, whatever the flag says.
+        let running = Snapshot {
+            notified: None,
+            ..snap(V1, Some(completed.clone()), &done[..1], &[0, 1])
+        };
+        assert_eq!(next_action(&running, now(), HOUR), Action::WaitWorkers);
     }
 
     #[test]

@@ -208,8 +208,8 @@ impl Updater {
                     };
                     match self.wait_workers(&snapshot, request, timeout).await? {
                         WaitOutcome::Completed => {
+                            // The next snapshot says notify-succeeded.
                             tracing::info!(version = %request.version, "every boot server completed the update");
-                            self.notify(Event::Succeeded, request).await;
                         }
                         WaitOutcome::Dead(lrn) => {
                             // A worker that finished may go away: only an unfinished one stops
@@ -236,6 +236,15 @@ impl Updater {
                             tracing::info!(?outcome, "stopped waiting for the workers");
                         }
                     }
+                }
+                Action::NotifySucceeded => {
+                    let Some(request) = &snapshot.request else {
+                        continue;
+                    };
+                    // At least once: a leader that dies between the notice and the record
+                    // makes the next one send it again; none is lost.
+                    self.notify(Event::Succeeded, request).await;
+                    self.storage.put_notified(request, leader_key).await?;
                 }
                 Action::RequestStop { reason } => {
                     let Some(request) = &snapshot.request else {

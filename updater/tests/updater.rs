@@ -391,6 +391,34 @@ async fn another_updater_takes_over_when_the_leader_dies() {
     assert!(!dc.request().await.stop);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_without_its_notice_is_notified_by_the_next_leader_once() {
+    let dc = Dc::start().await;
+    let requested = dc.storage.setup(&[0, 1, 2], V1, now()).await.unwrap();
+    // Every worker completed while no leader could send the notice (the leader that saw the
+    // completion died before it).
+    for lrn in 0..3 {
+        dc.status(lrn, V1, 5, Completed).await;
+    }
+    let mut first = dc.updater(0);
+    let note = dc.wait_note(SUCCESS, secs(10)).await;
+    assert_eq!(note.field("Version"), V1);
+    first.wait_action("wait-for-info", 1, secs(10)).await;
+    let snapshot = dc.storage.snapshot().await.unwrap();
+    assert_eq!(snapshot.notified.as_ref(), Some(&requested));
+
+    // The next leader finds the notice recorded: no second one.
+    first.child.kill().unwrap();
+    let second = dc.updater(1);
+    second.wait_log("became the leader", secs(10)).await;
+    second.wait_action("wait-for-info", 1, secs(10)).await;
+    stays("one success notice", secs(2), || async {
+        dc.titled(SUCCESS).len() == 1
+    })
+    .await;
+    assert_eq!(second.actions("notify-succeeded"), 0);
+}
+
 // --- failures ----------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
