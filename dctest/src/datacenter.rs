@@ -63,16 +63,22 @@ pub struct Options {
     pub session_ttl: Duration,
     /// The supervisor's delay before a restart (systemd's `RestartSec=`).
     pub restart_delay: Duration,
+    /// Images (`host/path`, tag) pushed into the registry mirror besides the seed's: the pins
+    /// of the package under test, which a nightly candidate may have moved past the seed. The
+    /// mirror's images are made from repository and tag alone, so a tag pushed here has the
+    /// digest any other mirror gave it.
+    pub images: Vec<(String, String)>,
 }
 
 impl Options {
-    /// Three boot servers, session TTL 3 s, restart delay 200 ms.
+    /// Three boot servers, session TTL 3 s, restart delay 200 ms, the seed's images only.
     pub fn new(deb: impl Into<PathBuf>) -> Self {
         Self {
             deb: deb.into(),
             servers: 3,
             session_ttl: DEFAULT_SESSION_TTL,
             restart_delay: DEFAULT_RESTART_DELAY,
+            images: Vec::new(),
         }
     }
 }
@@ -201,6 +207,14 @@ impl DataCenter {
 
         let etcd = EtcdCluster::start(ETCD_MEMBERS)?;
         let mirror = Mirror::start(&MirrorSeed::neco_2025()?)?;
+        for (repository, tag) in &options.images {
+            let (_, path) = repository.split_once('/').ok_or_else(|| {
+                Error::InvalidArgument(format!("image {repository:?}: expected host/path"))
+            })?;
+            if !mirror.registry.tags(path).unwrap_or_default().contains(tag) {
+                mirror.registry.push_image(path, tag)?;
+            }
+        }
         let sabakan = SabakanStandIn::start()?;
         let webhook = WebhookSink::start()?;
         mirror.github.add_repo(NECO_REPOSITORY);

@@ -17,7 +17,7 @@
 mod common;
 
 use common::{BEGINS, SUCCEEDED};
-use dctest::datacenter::{find_neco_deb, Options};
+use dctest::datacenter::find_neco_deb;
 use dctest::debs::repackage_with_version;
 use dctest::{DataCenter, PublishedRelease};
 use std::path::{Path, PathBuf};
@@ -83,7 +83,7 @@ fn start() -> (DataCenter, PathBuf, String) {
         dctest::datacenter::version_greater(&candidate, &current).unwrap(),
         "the package under test ({candidate}) must be newer than {UPGRADE_FROM_ENV} ({current})"
     );
-    let dc = DataCenter::start(Options::new(&from)).unwrap();
+    let dc = common::start_on(&from);
     (dc, under_test, candidate)
 }
 

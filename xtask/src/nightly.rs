@@ -59,15 +59,11 @@ pub trait Candidate {
 pub enum Outcome {
     /// Neither main nor the artifacts changed anything; nothing was pushed.
     NothingToRelease,
-    /// The candidate passed; `plan` says what was (or, with `--dry-run`, would be) pushed.
-    Pushed {
-        tag: String,
-        commit: String,
-    },
-    DryRun {
-        tag: String,
-        plan: String,
-    },
+    /// The candidate passed; `release` and `tag` were pushed, both naming `commit`.
+    Pushed { tag: String, commit: String },
+    /// The candidate passed; `plan` says what would have been pushed. Nothing was, and the
+    /// repository is as it was.
+    DryRun { tag: String, plan: String },
 }
 
 /// The state to put back when the run fails or is a dry run.
