@@ -11,7 +11,9 @@
 //! - assets left in state `starter` (or any state but `uploaded`) by an interrupted upload are
 //!   deleted: GitHub refuses to upload that name again while they exist;
 //! - an uploaded asset identical to the local file (same sha256) is kept; a different one on a
-//!   draft or pre-release is deleted and uploaded again;
+//!   draft is deleted and uploaded again. On a published pre-release the run is refused:
+//!   staging may run that package already, and one version must be one package (a missing
+//!   asset is still uploaded);
 //! - a full release (production follows it) is never changed: when an asset differs or is
 //!   missing, the run is refused and nothing is written;
 //! - each upload is checked against the local sha256 (GitHub's `digest`, or the downloaded
@@ -120,6 +122,8 @@ impl fmt::Display for Action {
 pub enum PlanError {
     #[error("release {tag} is a full release (production installs it) and {problems}: refusing to change it, nothing was written; cut a new tag instead")]
     FullRelease { tag: String, problems: String },
+    #[error("release {tag} is a published pre-release (staging may have installed it) and {problems}: refusing to replace it, nothing was written; cut a new tag instead, or delete the release on GitHub if no cluster installed it")]
+    PublishedDiffers { tag: String, problems: String },
 }
 
 /// What to do so that the release of `tag` holds exactly the `local` files (by name and
@@ -140,6 +144,7 @@ pub fn plan(
     let full = !remote.draft && !remote.prerelease;
     let mut actions = Vec::new();
     let mut problems = Vec::new();
+    let mut differs = Vec::new();
     for asset in remote.assets.iter().filter(|a| !a.uploaded) {
         actions.push(Action::DeleteIncomplete {
             id: asset.id,
@@ -167,11 +172,13 @@ pub fn plan(
                 });
             }
             (Some(asset), Some(digest)) => {
-                problems.push(format!(
+                let problem = format!(
                     "its {} has {} where the local file has {digest}",
                     file.name,
                     asset.digest.as_deref().unwrap_or("an unknown sha256")
-                ));
+                );
+                differs.push(problem.clone());
+                problems.push(problem);
                 actions.push(Action::DeleteDifferent {
                     id: asset.id,
                     name: asset.name.clone(),
@@ -187,6 +194,12 @@ pub fn plan(
         return Err(PlanError::FullRelease {
             tag: tag.to_owned(),
             problems: problems.join(", "),
+        });
+    }
+    if !remote.draft && !differs.is_empty() {
+        return Err(PlanError::PublishedDiffers {
+            tag: tag.to_owned(),
+            problems: differs.join(", "),
         });
     }
     if remote.draft {
@@ -600,9 +613,9 @@ mod tests {
                 vec![upload(SUMS), upload(DEB)],
             ),
             (
-                "a pre-release with another build of the deb, and a foreign asset",
+                "a draft with another build of the deb, and a foreign asset",
                 Some(remote(
-                    false,
+                    true,
                     true,
                     &[
                         (2, SUMS, true, "sha256:s"),
@@ -618,6 +631,7 @@ mod tests {
                         digest: Some("sha256:other".to_owned()),
                     },
                     upload(DEB),
+                    Action::PublishPrerelease,
                 ],
             ),
             (
@@ -666,6 +680,28 @@ mod tests {
             assert!(text.contains("full release"), "{what}: {text}");
             assert!(text.contains("nothing was written"), "{what}: {text}");
         }
+    }
+
+    #[test]
+    fn a_published_prerelease_is_never_replaced_by_another_build() {
+        let files = [local(SUMS, Some("sha256:s")), local(DEB, Some("sha256:d"))];
+        let assets = [(2, SUMS, true, "sha256:s"), (3, DEB, true, "sha256:other")];
+        let err = plan(TAG, Some(&remote(false, true, &assets)), &files).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("published pre-release"), "{text}");
+        assert!(
+            text.contains("sha256:other where the local file has sha256:d"),
+            "{text}"
+        );
+        assert!(text.contains("nothing was written"), "{text}");
+        // A missing asset is still repaired.
+        let actions = plan(
+            TAG,
+            Some(&remote(false, true, &[(2, SUMS, true, "sha256:s")])),
+            &files,
+        )
+        .unwrap();
+        assert_eq!(actions, vec![keep(SUMS), upload(DEB)]);
     }
 
     #[test]
@@ -899,23 +935,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_prerelease_with_another_deb_gets_this_one() {
+    async fn a_published_prerelease_with_another_deb_is_refused_and_untouched() {
         let mut fx = Fixture::new(b"first build");
         fx.run(false).await.unwrap();
+        let published = fx.assets();
+        let before = fx.server.releases(REPO);
+        let writes = fx.writes().len();
         fx.set_deb(b"second build");
 
-        let outcome = fx.run(false).await.unwrap();
+        let err = fx.run(false).await.unwrap_err();
 
-        assert!(outcome
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::DeleteDifferent { .. })));
-        assert_eq!(fx.assets().len(), 2);
-        let mut assets = fx.assets();
-        assets.sort();
-        let mut expected = fx.expected_assets();
-        expected.sort();
-        assert_eq!(assets, expected);
+        assert!(err.to_string().contains("published pre-release"), "{err}");
+        assert_eq!(fx.server.releases(REPO), before);
+        assert_eq!(fx.assets(), published);
+        assert_eq!(fx.writes().len(), writes, "{:?}", fx.writes());
     }
 
     #[tokio::test]
