@@ -96,6 +96,8 @@ pub enum StorageError {
     },
     #[error("the watch on {key} ended: {message}")]
     WatchEnded { key: String, message: String },
+    #[error("etcd answered {what}")]
+    Unexpected { what: String },
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -475,9 +477,18 @@ impl Storage {
             .get(prefix.as_bytes(), Some(options))
             .await
             .map_err(etcd_err("get", &prefix))?;
+        Ok(self.parse_bootservers(resp.kvs()))
+    }
+
+    /// Registered servers (numerically sorted) and the keys under `info/bootservers/` that
+    /// are not a server number.
+    fn parse_bootservers(
+        &self,
+        kvs: &[etcd_client::KeyValue],
+    ) -> (Vec<Lrn>, Vec<(String, String)>) {
         let mut servers = Vec::new();
         let mut malformed = Vec::new();
-        for kv in resp.kvs() {
+        for kv in kvs {
             let key = self.relative(kv.key());
             match key
                 .strip_prefix(keys::BOOTSERVERS)
@@ -488,7 +499,7 @@ impl Storage {
             }
         }
         servers.sort_unstable();
-        Ok((servers, malformed))
+        (servers, malformed)
     }
 
     /// `info/neco-release`, empty when absent.
@@ -649,58 +660,74 @@ impl Storage {
         }
     }
 
-    /// Everything the updater decides on, read at one revision.
+    /// Everything the updater decides on, read in one transaction: one revision, one round
+    /// trip (every worker takes one before each update).
     pub async fn snapshot(&self) -> Result<Snapshot> {
         let current = self.key(keys::CURRENT);
+        let bootservers = self.key(keys::BOOTSERVERS);
+        let release_key = self.key(keys::NECO_RELEASE);
+        let status_prefix = self.key(keys::STATUSES);
+        let notified_key = self.key(keys::NOTIFIED);
+        let txn = Txn::new().and_then(vec![
+            TxnOp::get(current.as_bytes(), None),
+            TxnOp::get(
+                bootservers.as_bytes(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
+            TxnOp::get(release_key.as_bytes(), None),
+            TxnOp::get(
+                status_prefix.as_bytes(),
+                Some(GetOptions::new().with_prefix()),
+            ),
+            TxnOp::get(notified_key.as_bytes(), None),
+        ]);
         let resp = self
             .client
             .clone()
-            .get(current.as_bytes(), None)
+            .txn(txn)
             .await
-            .map_err(etcd_err("get", &current))?;
+            .map_err(etcd_err("txn", &current))?;
         let revision = resp.header().map_or(0, |h| h.revision());
+        let gets: Vec<etcd_client::GetResponse> = resp
+            .op_responses()
+            .into_iter()
+            .filter_map(|r| match r {
+                etcd_client::TxnOpResponse::Get(get) => Some(get),
+                _ => None,
+            })
+            .collect();
+        let [request_get, servers_get, release_get, statuses_get, notified_get] =
+            <[etcd_client::GetResponse; 5]>::try_from(gets).map_err(|gets| {
+                StorageError::Unexpected {
+                    what: format!(
+                        "the snapshot transaction with {} get responses, not 5",
+                        gets.len()
+                    ),
+                }
+            })?;
         let mut malformed = Vec::new();
-        let request = match resp.kvs().first() {
-            None => None,
-            Some(kv) => {
-                let value = String::from_utf8_lossy(kv.value());
-                match self.decode::<UpdateRequest>(keys::CURRENT, &value) {
-                    Ok(req) => Some(req),
-                    Err(e) => {
-                        malformed.push((current.clone(), e.to_string()));
-                        None
-                    }
+        let mut decode_request = |key: &str, relative: &str, get: &etcd_client::GetResponse| {
+            let kv = get.kvs().first()?;
+            let value = String::from_utf8_lossy(kv.value());
+            match self.decode::<UpdateRequest>(relative, &value) {
+                Ok(request) => Some(request),
+                Err(e) => {
+                    malformed.push((key.to_owned(), e.to_string()));
+                    None
                 }
             }
         };
-        let (servers, bad_servers) = self.bootservers_at(revision).await?;
+        let request = decode_request(&current, keys::CURRENT, &request_get);
+        let notified = decode_request(&notified_key, keys::NOTIFIED, &notified_get);
+        let (servers, bad_servers) = self.parse_bootservers(servers_get.kvs());
         malformed.extend(bad_servers);
-        let release_key = self.key(keys::NECO_RELEASE);
-        let latest = self
-            .client
-            .clone()
-            .get(
-                release_key.as_bytes(),
-                Some(GetOptions::new().with_revision(revision)),
-            )
-            .await
-            .map_err(etcd_err("get", &release_key))?
+        let latest = release_get
             .kvs()
             .first()
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
             .unwrap_or_default();
-        let status_prefix = self.key(keys::STATUSES);
-        let resp = self
-            .client
-            .clone()
-            .get(
-                status_prefix.as_bytes(),
-                Some(GetOptions::new().with_prefix().with_revision(revision)),
-            )
-            .await
-            .map_err(etcd_err("get", &status_prefix))?;
         let mut statuses = BTreeMap::new();
-        for kv in resp.kvs() {
+        for kv in statuses_get.kvs() {
             let relative = self.relative(kv.key());
             let value = String::from_utf8_lossy(kv.value());
             let lrn = relative
@@ -716,31 +743,6 @@ impl Storage {
                 (_, Err(e)) => malformed.push((self.key(&relative), e.to_string())),
             }
         }
-        let notified_key = self.key(keys::NOTIFIED);
-        let notified = match self
-            .client
-            .clone()
-            .get(
-                notified_key.as_bytes(),
-                Some(GetOptions::new().with_revision(revision)),
-            )
-            .await
-            .map_err(etcd_err("get", &notified_key))?
-            .kvs()
-            .first()
-        {
-            None => None,
-            Some(kv) => {
-                let value = String::from_utf8_lossy(kv.value());
-                match self.decode::<UpdateRequest>(keys::NOTIFIED, &value) {
-                    Ok(request) => Some(request),
-                    Err(e) => {
-                        malformed.push((notified_key.clone(), e.to_string()));
-                        None
-                    }
-                }
-            }
-        };
         Ok(Snapshot {
             revision,
             request,
