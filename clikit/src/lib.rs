@@ -1,6 +1,7 @@
 //! What the command-line programs of the workspace (`artifacts-gen`, `neco`, `neco-updater`,
-//! `neco-worker`, `xtask`) share at their edges: the `--log-format` option and the `tracing`
-//! set-up behind it, and TOML text parsed with errors that carry a line and a column.
+//! `neco-worker`, `xtask`, the benchmarks) share at their edges: the `--log-format` option and
+//! the `tracing` set-up behind it, TOML text parsed with errors that carry a line and a column,
+//! and Markdown tables for reports.
 //!
 //! It must not depend on any crate of this workspace, so every program can use it.
 
@@ -56,6 +57,32 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, TomlE
     })
 }
 
+/// A Markdown table with aligned columns, one `| … |` line per row after the header and its
+/// rule, each line ending in a newline.
+pub fn markdown_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let header = header.map(str::to_owned);
+    let mut widths = [0; N];
+    for row in std::iter::once(&header).chain(rows) {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |row: &[String; N]| {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        format!("| {} |\n", cells.join(" | "))
+    };
+    let mut out = line(&header);
+    out.push_str(&line(&widths.map(|w| "-".repeat(w))));
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
 /// 1-based line and column of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -90,6 +117,21 @@ mod tests {
         ] {
             assert_eq!(line_column(text, offset), expected, "{text:?} at {offset}");
         }
+    }
+
+    #[test]
+    fn markdown_tables_align_their_columns() {
+        let rows = [
+            ["a".to_owned(), "1.5 ms".to_owned()],
+            ["longer".to_owned(), "2 ms".to_owned()],
+        ];
+        assert_eq!(
+            markdown_table(["what", "time"], &rows),
+            "| what   | time   |\n\
+             | ------ | ------ |\n\
+             | a      | 1.5 ms |\n\
+             | longer | 2 ms   |\n"
+        );
     }
 
     #[test]

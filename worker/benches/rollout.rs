@@ -442,26 +442,10 @@ impl Table {
 
     /// Prints a Markdown table with aligned columns.
     fn print(&self) {
-        let header = ["what", "time", "ratio", "goal", "met?"].map(str::to_owned);
-        let mut widths = [0; 5];
-        for row in std::iter::once(&header).chain(&self.rows) {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-        let line = |row: &[String; 5]| {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(widths)
-                .map(|(cell, width)| format!("{cell:<width$}"))
-                .collect();
-            println!("| {} |", cells.join(" | "));
-        };
-        line(&header);
-        line(&widths.map(|w| "-".repeat(w)));
-        for row in &self.rows {
-            line(row);
-        }
+        print!(
+            "{}",
+            clikit::markdown_table(["what", "time", "ratio", "goal", "met?"], &self.rows)
+        );
     }
 }
 

@@ -473,7 +473,7 @@ fn print_suites(runs: &[SuiteRun]) {
 
 fn suites_report(runs: &[SuiteRun]) -> String {
     use std::fmt::Write as _;
-    let header = ["suite", "result", "duration", "what was checked"].map(str::to_owned);
+    let header = ["suite", "result", "duration", "what was checked"];
     let rows: Vec<[String; 4]> = runs
         .iter()
         .map(|run| {
@@ -490,25 +490,9 @@ fn suites_report(runs: &[SuiteRun]) -> String {
             ]
         })
         .collect();
-    let mut widths = [0; 4];
-    for row in std::iter::once(&header).chain(&rows) {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
     let mut out = String::from("\ndctest suites:\n");
-    let mut line = |row: &[String; 4]| {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        let _ = writeln!(out, "  | {} |", cells.join(" | "));
-    };
-    line(&header);
-    line(&widths.map(|w| "-".repeat(w)));
-    for row in &rows {
-        line(row);
+    for line in clikit::markdown_table(header, &rows).lines() {
+        let _ = writeln!(out, "  {line}");
     }
     let ran = runs
         .iter()
