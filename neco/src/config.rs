@@ -50,6 +50,25 @@ pub struct EtcdConfig {
     pub tls: Option<TlsConfig>,
 }
 
+impl EtcdConfig {
+    /// etcd without authentication or TLS (a cluster on loopback, as tests and benchmarks
+    /// start one).
+    pub fn plain(
+        endpoints: Vec<String>,
+        prefix: impl Into<String>,
+        dial_timeout: Duration,
+    ) -> Self {
+        Self {
+            endpoints,
+            prefix: prefix.into(),
+            dial_timeout,
+            username: None,
+            password: None,
+            tls: None,
+        }
+    }
+}
+
 /// Mutual TLS with etcd, as etcd's own `--trusted-ca-file`, `--cert-file`, `--key-file`.
 #[derive(Debug, Clone)]
 pub struct TlsConfig {

@@ -17,14 +17,11 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// A storage on its own prefix, so the tests of this file can share one etcd.
 async fn storage(etcd: &EtcdCluster) -> Storage {
     let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    Storage::connect(&EtcdConfig {
-        endpoints: etcd.endpoints(),
-        prefix: format!("/t{n}/neco/"),
-        dial_timeout: Duration::from_secs(3),
-        username: None,
-        password: None,
-        tls: None,
-    })
+    Storage::connect(&EtcdConfig::plain(
+        etcd.endpoints(),
+        format!("/t{n}/neco/"),
+        Duration::from_secs(3),
+    ))
     .await
     .unwrap()
 }
@@ -425,14 +422,11 @@ async fn liveness_keys_follow_their_lease() {
 async fn unreachable_etcd_fails_within_the_dial_timeout() {
     let port = dctest::free_port().unwrap();
     let start = std::time::Instant::now();
-    let err = Storage::connect(&EtcdConfig {
-        endpoints: vec![format!("http://127.0.0.1:{port}")],
-        prefix: "/neco/".into(),
-        dial_timeout: Duration::from_millis(500),
-        username: None,
-        password: None,
-        tls: None,
-    })
+    let err = Storage::connect(&EtcdConfig::plain(
+        vec![format!("http://127.0.0.1:{port}")],
+        "/neco/",
+        Duration::from_millis(500),
+    ))
     .await
     .unwrap_err();
     assert!(

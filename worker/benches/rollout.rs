@@ -90,14 +90,11 @@ impl RunSteps for NoSteps {
 }
 
 async fn connect(etcd: &EtcdCluster, prefix: &str) -> anyhow::Result<Storage> {
-    Storage::connect(&EtcdConfig {
-        endpoints: etcd.endpoints(),
-        prefix: prefix.to_owned(),
-        dial_timeout: Duration::from_secs(5),
-        username: None,
-        password: None,
-        tls: None,
-    })
+    Storage::connect(&EtcdConfig::plain(
+        etcd.endpoints(),
+        prefix.to_owned(),
+        Duration::from_secs(5),
+    ))
     .await
     .with_context(|| format!("cannot connect to etcd under {prefix}"))
 }

@@ -171,14 +171,11 @@ impl Capture {
 // --- etcd ------------------------------------------------------------------------------------
 
 async fn connect(etcd: &EtcdCluster, prefix: &str) -> Storage {
-    Storage::connect(&EtcdConfig {
-        endpoints: etcd.endpoints(),
-        prefix: prefix.to_owned(),
-        dial_timeout: Duration::from_secs(5),
-        username: None,
-        password: None,
-        tls: None,
-    })
+    Storage::connect(&EtcdConfig::plain(
+        etcd.endpoints(),
+        prefix.to_owned(),
+        Duration::from_secs(5),
+    ))
     .await
     .expect("connect to etcd")
 }

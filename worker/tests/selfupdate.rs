@@ -261,14 +261,11 @@ async fn boot(deb: Vec<u8>) -> Boot {
     std::fs::write(etc.join("config.toml"), config).unwrap();
     std::fs::write(etc.join("rack"), "0\n").unwrap();
 
-    let storage = Storage::connect(&EtcdConfig {
-        endpoints: etcd.endpoints(),
-        prefix: "/neco/".into(),
-        dial_timeout: Duration::from_secs(5),
-        username: None,
-        password: None,
-        tls: None,
-    })
+    let storage = Storage::connect(&EtcdConfig::plain(
+        etcd.endpoints(),
+        "/neco/",
+        Duration::from_secs(5),
+    ))
     .await
     .unwrap();
     let guard = storage.key("test/guard");

@@ -59,14 +59,11 @@ fn dead_url() -> String {
 }
 
 async fn connect(etcd: &EtcdCluster) -> Storage {
-    Storage::connect(&EtcdConfig {
-        endpoints: etcd.endpoints(),
-        prefix: "/neco/".into(),
-        dial_timeout: Duration::from_secs(5),
-        username: None,
-        password: None,
-        tls: None,
-    })
+    Storage::connect(&EtcdConfig::plain(
+        etcd.endpoints(),
+        "/neco/",
+        Duration::from_secs(5),
+    ))
     .await
     .expect("connect to etcd")
 }

@@ -216,14 +216,7 @@ impl Note {
 }
 
 pub fn etcd_config(endpoints: &[String]) -> EtcdConfig {
-    EtcdConfig {
-        endpoints: endpoints.to_vec(),
-        prefix: "/neco/".into(),
-        dial_timeout: Duration::from_secs(3),
-        username: None,
-        password: None,
-        tls: None,
-    }
+    EtcdConfig::plain(endpoints.to_vec(), "/neco/", Duration::from_secs(3))
 }
 
 pub fn write_root(root: &Path, endpoints: &[String], github: &str, lrn: Lrn) {
