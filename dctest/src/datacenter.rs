@@ -661,10 +661,7 @@ pub fn find_neco_deb() -> Result<PathBuf> {
         }
         return Ok(path);
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let dir = target.join("debian");
+    let dir = crate::util::target_dir().join("debian");
     let mut found: Vec<(String, PathBuf)> = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for entry in entries.flatten() {

@@ -167,6 +167,20 @@ pub fn output_with_timeout(command: &mut Command, timeout: Duration) -> Result<O
     })
 }
 
+/// Runs `command` with [`output_with_timeout`]; a non-zero exit is an error carrying its
+/// stderr. Returns the output.
+pub fn run_ok(command: &mut Command, timeout: Duration) -> Result<Output> {
+    let output = output_with_timeout(command, timeout)?;
+    if !output.status.success() {
+        return Err(Error::ProcessExited {
+            name: format!("{command:?}"),
+            status: output.status.to_string(),
+            output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(output)
+}
+
 /// A child process that is killed (SIGKILL, by its PID) and waited for when the guard is dropped,
 /// also when the test that owns it panics.
 #[derive(Debug)]
@@ -244,6 +258,28 @@ impl ChildGuard {
         }
         self.status = Some(status);
         Ok(status)
+    }
+
+    /// Sends SIGTERM and waits up to `grace` for the process to exit; then kills it (SIGKILL).
+    pub fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(status);
+        }
+        if let Some(pid) = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            // The process may have exited in between; waiting tells.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        self.kill()
     }
 
     /// Waits until `url` answers HTTP (see [`wait_for_http`]), failing early when the process

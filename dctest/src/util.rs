@@ -7,6 +7,13 @@ use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
+/// The workspace's target directory: `$CARGO_TARGET_DIR`, else `target/` beside this crate.
+pub fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
 /// Returns the OCI digest string `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
