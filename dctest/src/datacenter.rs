@@ -26,7 +26,7 @@ use crate::mirror::{Mirror, MirrorSeed};
 use crate::process::output_with_timeout;
 use crate::sabakan::SabakanStandIn;
 use crate::supervisor::{Supervisor, DEFAULT_RESTART_DELAY};
-use crate::util::sha256_digest;
+use crate::util::{sha256_digest, tail, write_text as write};
 use crate::webhook::WebhookSink;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -904,25 +904,6 @@ fn run_query(command: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn write(path: &Path, content: &str) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-    }
-    std::fs::write(path, content).map_err(Error::io(format!("writing {}", path.display())))
-}
-
-/// The last `lines` lines of a text.
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    let skipped = all.len().saturating_sub(lines);
-    let mut out = String::new();
-    if skipped > 0 {
-        let _ = writeln!(out, "[… {skipped} earlier lines]");
-    }
-    out.push_str(&all[skipped..].join("\n"));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -938,12 +919,6 @@ mod tests {
             vec!["a", "python3", "c"]
         );
         assert!(relation_names("").is_empty());
-    }
-
-    #[test]
-    fn tails() {
-        assert_eq!(tail("a\nb\nc\n", 2), "[… 1 earlier lines]\nb\nc");
-        assert_eq!(tail("a\n", 5), "a");
     }
 
     #[test]

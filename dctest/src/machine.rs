@@ -27,6 +27,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::network::{Lan, NetNs};
 use crate::process::{output_with_timeout, run_ok, ChildGuard};
+use crate::util::{tail, write_text as write_file};
 use crate::{Error, Result};
 
 /// The Debian release of the machines (the host's).
@@ -683,18 +684,9 @@ fn child_of(parent: u32) -> Option<u32> {
     children.split_whitespace().next()?.parse().ok()
 }
 
-fn write_file(path: &Path, content: &str) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
-    }
-    std::fs::write(path, content).map_err(Error::io(format!("write {}", path.display())))
-}
-
 /// The last `lines` lines of a file (empty when it cannot be read).
-pub(crate) fn tail_of_file(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+fn tail_of_file(path: &Path, lines: usize) -> String {
+    tail(&std::fs::read_to_string(path).unwrap_or_default(), lines)
 }
 
 #[cfg(test)]

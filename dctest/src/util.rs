@@ -14,6 +14,27 @@ pub fn target_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
+/// Writes a text file, creating its directories.
+pub(crate) fn write_text(path: &std::path::Path, content: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    }
+    std::fs::write(path, content).map_err(Error::io(format!("writing {}", path.display())))
+}
+
+/// The last `lines` lines of a text, after a line saying how many were left out.
+pub(crate) fn tail(text: &str, lines: usize) -> String {
+    use std::fmt::Write as _;
+    let all: Vec<&str> = text.lines().collect();
+    let skipped = all.len().saturating_sub(lines);
+    let mut out = String::new();
+    if skipped > 0 {
+        let _ = writeln!(out, "[… {skipped} earlier lines]");
+    }
+    out.push_str(&all[skipped..].join("\n"));
+    out
+}
+
 /// Returns the OCI digest string `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
@@ -208,6 +229,12 @@ fn split_host_port(authority: &str) -> Option<(&str, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tails() {
+        assert_eq!(tail("a\nb\nc\n", 2), "[… 1 earlier lines]\nb\nc");
+        assert_eq!(tail("a\n", 5), "a");
+    }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
