@@ -83,6 +83,8 @@ const BASE_REVISION: u32 = 1;
 const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long a machine may take to boot (`systemctl is-system-running --wait`).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long systemd-nspawn may take to start the machine's systemd.
+const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a machine may take to halt after SIGTERM before it is killed.
 const HALT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long one command in a machine may run unless the caller says otherwise.
@@ -406,9 +408,9 @@ impl Machine {
             .stdout(Stdio::from(console))
             .stderr(Stdio::from(console_err));
         let mut nspawn = ChildGuard::spawn(format!("systemd-nspawn {}", self.name), &mut command)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + INIT_TIMEOUT;
         let leader = loop {
-            if let Some(pid) = child_of(nspawn.pid()) {
+            if let Some(pid) = machine_init_of(nspawn.pid()) {
                 break pid;
             }
             if let Some(status) = nspawn.try_wait()? {
@@ -421,7 +423,7 @@ impl Machine {
             if Instant::now() >= deadline {
                 return Err(Error::Timeout {
                     what: format!("the PID 1 of machine {}", self.name),
-                    timeout: Duration::from_secs(10),
+                    timeout: INIT_TIMEOUT,
                     last_error: tail_of_file(&self.console_path(), 20),
                 });
             }
@@ -448,17 +450,59 @@ impl Machine {
                 "" | "offline" | "initializing" | "starting" if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                _ => break state,
+                _ => {
+                    break (
+                        state,
+                        String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+                    )
+                }
             }
         };
+        Err(Error::InvalidArgument(format!(
+            "machine {} booted into state {:?}{}; {}",
+            self.name,
+            state.0,
+            if state.1.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", state.1)
+            },
+            self.boot_diagnostics()
+        )))
+    }
+
+    /// What tells why a boot did not reach `running`: the failed units with the end of their
+    /// journals, the mount of the root, and the end of the console.
+    fn boot_diagnostics(&self) -> String {
         let failed = self
             .exec(&["systemctl", "--failed", "--no-legend", "--plain"])
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_default();
-        Err(Error::InvalidArgument(format!(
-            "machine {} booted into state {state:?}; failed units: {failed}",
-            self.name
-        )))
+        let mut text = format!("failed units: [{failed}]");
+        for unit in failed.lines().filter_map(|l| l.split_whitespace().next()) {
+            let journal = self
+                .exec(&["journalctl", "--no-pager", "-n", "15", "-u", unit])
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_default();
+            let _ = write!(text, "\n--- journal of {unit}:\n{journal}");
+        }
+        let mount = self
+            .exec(&[
+                "findmnt",
+                "--noheadings",
+                "--output",
+                "SOURCE,FSTYPE,OPTIONS",
+                "/",
+            ])
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let _ = write!(
+            text,
+            "\n--- root mount: {mount}\n--- console ({}):\n{}",
+            self.console_path().display(),
+            tail_of_file(&self.console_path(), 30)
+        );
+        text
     }
 
     /// Whether its `systemd-nspawn` runs.
@@ -677,11 +721,45 @@ fn unmount(path: &Path) -> Result<()> {
     run_ok(Command::new("umount").arg("--lazy").arg(path), timeout).map(drop)
 }
 
-/// The first child process of `parent` (systemd-nspawn's child is the machine's PID 1).
-fn child_of(parent: u32) -> Option<u32> {
-    let children =
-        std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
-    children.split_whitespace().next()?.parse().ok()
+/// The machine's PID 1 under `nspawn`, once it runs systemd: a descendant that is PID 1 of
+/// its own PID namespace (`NSpid` ends in 1) and whose program is systemd. systemd-nspawn's
+/// first child is an intermediate process that sets up the mounts and exits; the PID 1 exists
+/// before it execs systemd, with its namespaces still being set up.
+fn machine_init_of(nspawn: u32) -> Option<u32> {
+    let mut pending = vec![nspawn];
+    while let Some(parent) = pending.pop() {
+        let Ok(children) =
+            std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+        else {
+            continue;
+        };
+        for pid in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            if is_systemd_init(pid) {
+                return Some(pid);
+            }
+            pending.push(pid);
+        }
+    }
+    None
+}
+
+/// Whether `pid` is PID 1 of its own PID namespace and runs systemd.
+fn is_systemd_init(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let pid_one = status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))
+        .is_some_and(|ids| {
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            ids.len() > 1 && ids.last() == Some(&"1")
+        });
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    pid_one && comm.trim() == "systemd"
 }
 
 /// The last `lines` lines of a file (empty when it cannot be read).
