@@ -270,20 +270,37 @@ struct RawKeyValue {
     lease: i64,
 }
 
-impl EtcdCluster {
-    /// An `etcdctl` (API v3) command against the members that run, with short timeouts.
+/// `etcdctl` (API v3) against a set of endpoints, run inside a network namespace when they
+/// are on the data center's private network: what tests use to read what the daemons wrote.
+#[derive(Debug, Clone)]
+pub struct EtcdClient {
+    endpoints: Vec<String>,
+    netns: Option<PathBuf>,
+}
+
+impl EtcdClient {
+    /// A client of `endpoints` (`http://HOST:PORT`), from the namespace at `netns` if given.
+    pub fn new(endpoints: Vec<String>, netns: Option<&Path>) -> Self {
+        Self {
+            endpoints,
+            netns: netns.map(Path::to_owned),
+        }
+    }
+
+    /// The endpoints it talks to.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// An `etcdctl` command against the endpoints, with short timeouts.
     pub fn etcdctl(&self) -> Command {
-        let endpoints = self
-            .members
-            .iter()
-            .filter(|m| m.process.is_some())
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut command = Command::new(ETCDCTL);
+        let mut command = match &self.netns {
+            Some(path) => crate::network::command_in(path, ETCDCTL),
+            None => Command::new(ETCDCTL),
+        };
         command
             .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={endpoints}"))
+            .arg(format!("--endpoints={}", self.endpoints.join(",")))
             .arg("--dial-timeout=2s")
             .arg("--command-timeout=5s");
         command
@@ -291,21 +308,18 @@ impl EtcdCluster {
 
     /// Runs `etcdctl` with `args` and returns its stdout; a failure carries its stderr.
     pub fn etcdctl_output(&self, args: &[&str]) -> Result<String> {
+        if !Path::new(ETCDCTL).exists() {
+            return Err(Error::MissingProgram {
+                program: ETCDCTL.into(),
+                hint: "install the Debian package etcd-client".into(),
+            });
+        }
         let output = self
             .etcdctl()
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::NotFound => Error::MissingProgram {
-                    program: ETCDCTL.into(),
-                    hint: "install the Debian package etcd-client".into(),
-                },
-                _ => Error::Io {
-                    context: format!("running etcdctl {}", args.join(" ")),
-                    source,
-                },
-            })?;
+            .map_err(Error::io(format!("running etcdctl {}", args.join(" "))))?;
         if !output.status.success() {
             return Err(Error::ProcessExited {
                 name: format!("etcdctl {}", args.join(" ")),
@@ -350,6 +364,39 @@ impl EtcdCluster {
                 })
             })
             .collect()
+    }
+}
+
+impl EtcdCluster {
+    /// A client of the members that run.
+    pub fn client(&self) -> EtcdClient {
+        let endpoints = self
+            .members
+            .iter()
+            .filter(|m| m.process.is_some())
+            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .collect();
+        EtcdClient::new(endpoints, None)
+    }
+
+    /// An `etcdctl` (API v3) command against the members that run, with short timeouts.
+    pub fn etcdctl(&self) -> Command {
+        self.client().etcdctl()
+    }
+
+    /// Runs `etcdctl` with `args` and returns its stdout; a failure carries its stderr.
+    pub fn etcdctl_output(&self, args: &[&str]) -> Result<String> {
+        self.client().etcdctl_output(args)
+    }
+
+    /// Every key under `prefix`, in key order.
+    pub fn get_prefix(&self, prefix: &str) -> Result<Vec<KeyValue>> {
+        self.client().get_prefix(prefix)
+    }
+
+    /// One key.
+    pub fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        self.client().get(key)
     }
 }
 

@@ -11,9 +11,10 @@ use axum::response::Response;
 use axum::Router;
 use serde_json::json;
 
-use crate::http_server::{bind_loopback, respond, ServerThread};
+use crate::http_server::{bind_loopback, bound_address, respond, ServerThread};
 use crate::util::lock;
 use crate::{Error, Result};
+use std::net::TcpListener;
 
 /// File name of the PXE kernel.
 pub const KERNEL_FILE: &str = "flatcar_production_pxe.vmlinuz";
@@ -38,6 +39,11 @@ impl FeedServer {
     /// Starts a feed for `channel` (e.g. `stable`) listing `versions` (e.g. `3815.2.0`), in this
     /// order in the JSON document.
     pub fn start(channel: &str, versions: &[&str]) -> Result<Self> {
+        Self::start_on(bind_loopback("feed")?.0, channel, versions)
+    }
+
+    /// Like [`Self::start`], serving on `listener` (for example one from [`crate::Lan::bind`]).
+    pub fn start_on(listener: TcpListener, channel: &str, versions: &[&str]) -> Result<Self> {
         if !is_plain_segment(channel) {
             return Err(Error::InvalidArgument(format!(
                 "{channel:?} is not a valid channel name"
@@ -46,7 +52,7 @@ impl FeedServer {
         for version in versions {
             validate_version(version)?;
         }
-        let (listener, addr) = bind_loopback("feed")?;
+        let addr = bound_address("feed", &listener)?;
         let shared = Arc::new(Shared {
             base_url: format!("http://{addr}"),
             channel: channel.to_owned(),
@@ -62,7 +68,7 @@ impl FeedServer {
         })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://ADDRESS:PORT` of its listener.
     pub fn base_url(&self) -> String {
         self.shared.base_url.clone()
     }

@@ -1,6 +1,6 @@
 //! A GitHub REST API stand-in for releases and release assets, written from GitHub's public REST
 //! documentation. Tests add data at runtime through [`GitHubStandIn`]'s methods; clients see it
-//! over HTTP on 127.0.0.1.
+//! over HTTP on 127.0.0.1 or on the data center's private network ([`GitHubStandIn::start_on`]).
 //!
 //! Faults for tests of interrupted or corrupted uploads: [`GitHubStandIn::fail_next_upload`].
 //!
@@ -20,9 +20,10 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::http_server::{bind_loopback, json_response, respond, ServerThread};
+use crate::http_server::{bind_loopback, bound_address, json_response, respond, ServerThread};
 use crate::util::{lock, parse_query, percent_decode, percent_encode, query_value, sha256_digest};
 use crate::{Error, Result};
+use std::net::TcpListener;
 
 /// Largest request body accepted (asset uploads).
 const MAX_BODY: usize = 256 * 1024 * 1024;
@@ -175,7 +176,13 @@ impl GitHubStandIn {
     /// Starts the stand-in on a free 127.0.0.1 port. With `required_token`, every API request
     /// must carry `Authorization: Bearer <token>` (or `token <token>`); downloads do not.
     pub fn start(required_token: Option<String>) -> Result<Self> {
-        let (listener, addr) = bind_loopback("github-standin")?;
+        Self::start_on(bind_loopback("github-standin")?.0, required_token)
+    }
+
+    /// Like [`Self::start`], serving on `listener` (for example one in the namespace of the
+    /// data center's network, [`crate::Lan::bind`]); URLs it hands out name its address.
+    pub fn start_on(listener: TcpListener, required_token: Option<String>) -> Result<Self> {
+        let addr = bound_address("github-standin", &listener)?;
         let shared = Arc::new(Shared {
             base_url: format!("http://{addr}"),
             required_token,
@@ -191,12 +198,12 @@ impl GitHubStandIn {
         })
     }
 
-    /// `http://127.0.0.1:PORT` (GitHub's `https://api.github.com`).
+    /// `http://ADDRESS:PORT` of its listener (GitHub's `https://api.github.com`).
     pub fn base_url(&self) -> String {
         self.shared.base_url.clone()
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `ADDRESS:PORT` of its listener.
     pub fn host(&self) -> String {
         self.shared
             .base_url

@@ -25,6 +25,13 @@ pub(crate) fn bind_loopback(name: &str) -> Result<(TcpListener, SocketAddr)> {
     Ok((listener, addr))
 }
 
+/// The address `listener` is bound to, for a base URL.
+pub(crate) fn bound_address(name: &str, listener: &TcpListener) -> Result<SocketAddr> {
+    listener
+        .local_addr()
+        .map_err(Error::io(format!("read the address of {name}")))
+}
+
 /// A running server; dropping it stops the server and joins its thread.
 #[derive(Debug)]
 pub(crate) struct ServerThread {

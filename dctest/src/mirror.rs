@@ -3,12 +3,16 @@
 //!
 //! It stands in for ghcr.io, GitHub and the Flatcar feed on a machine that cannot reach them
 //! (`cargo xtask codegen --mirror`, and the suites that need the pinned artifacts to exist).
+//! [`Mirror::start`] serves on loopback; [`Mirror::start_on`] serves the data center's
+//! private network (the registry is seeded on loopback and served to the network by a second
+//! `docker-registry` on the same storage).
 
 use crate::debs::DebPackage;
 use crate::error::{Error, Result};
 use crate::feed::FeedServer;
 use crate::github::{AssetSpec, GitHubStandIn, ReleaseSpec};
-use crate::registry::{PushedImage, Registry};
+use crate::network::Lan;
+use crate::registry::{PushedImage, Registry, RegistryView};
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -92,11 +96,23 @@ pub struct Mirror {
     pub feed: FeedServer,
     pub images: Vec<PushedImage>,
     hosts: BTreeSet<String>,
+    /// The registry as the private network sees it, with [`Mirror::start_on`].
+    view: Option<RegistryView>,
 }
 
 impl Mirror {
-    /// Starts the servers and seeds them.
+    /// Starts the servers on loopback and seeds them.
     pub fn start(seed: &MirrorSeed) -> Result<Self> {
+        Self::start_with(seed, None)
+    }
+
+    /// Starts the servers on the bridge of `lan` (the registry is seeded on loopback and also
+    /// served there) and seeds them.
+    pub fn start_on(seed: &MirrorSeed, lan: &Lan) -> Result<Self> {
+        Self::start_with(seed, Some(lan))
+    }
+
+    fn start_with(seed: &MirrorSeed, lan: Option<&Lan>) -> Result<Self> {
         let registry = Registry::start()?;
         let mut images = Vec::new();
         let mut hosts = BTreeSet::new();
@@ -112,7 +128,21 @@ impl Mirror {
                 images.push(registry.push_image(path, tag)?);
             }
         }
-        let github = GitHubStandIn::start(None)?;
+        let (github, view) = match lan {
+            Some(lan) => {
+                let (listener, addr) = lan.bind("registry")?;
+                drop(listener);
+                let std::net::SocketAddr::V4(addr) = addr else {
+                    return Err(Error::InvalidArgument(format!(
+                        "the private network gave {addr}, not an IPv4 address"
+                    )));
+                };
+                let view = registry.serve_in(lan.bridge(), addr)?;
+                let github = GitHubStandIn::start_on(lan.bind("github-standin")?.0, None)?;
+                (github, Some(view))
+            }
+            None => (GitHubStandIn::start(None)?, None),
+        };
         for deb in &seed.deb {
             github.add_repo(&deb.github);
             for release in &deb.releases {
@@ -128,22 +158,42 @@ impl Mirror {
             }
         }
         let versions: Vec<&str> = seed.os_image.versions.iter().map(String::as_str).collect();
-        let feed = FeedServer::start(&seed.os_image.channel, &versions)?;
+        let feed = match lan {
+            Some(lan) => {
+                FeedServer::start_on(lan.bind("feed")?.0, &seed.os_image.channel, &versions)?
+            }
+            None => FeedServer::start(&seed.os_image.channel, &versions)?,
+        };
         Ok(Self {
             registry,
             github,
             feed,
             images,
             hosts,
+            view,
         })
     }
 
-    /// `HOST=URL` for every registry host of the seed, all served by the one local registry:
-    /// the form of `artifacts-gen --registry`.
+    /// `HOST=URL` for every registry host of the seed, all served by the one local registry
+    /// (on the private network with [`Mirror::start_on`]): the form of
+    /// `artifacts-gen --registry`.
     pub fn registry_overrides(&self) -> Vec<String> {
+        let url = self.registry_url();
         self.hosts
             .iter()
-            .map(|host| format!("{host}={}", self.registry.base_url()))
+            .map(|host| format!("{host}={url}"))
             .collect()
+    }
+
+    /// The registry's base URL as its clients reach it.
+    pub fn registry_url(&self) -> String {
+        self.view
+            .as_ref()
+            .map_or_else(|| self.registry.base_url(), RegistryView::base_url)
+    }
+
+    /// The registry serving the private network, with [`Mirror::start_on`].
+    pub fn registry_view(&self) -> Option<&RegistryView> {
+        self.view.as_ref()
     }
 }

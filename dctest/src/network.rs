@@ -85,12 +85,7 @@ impl NetNs {
     /// A command that runs `program` in this namespace (`nsenter --net=<path> -- program`);
     /// the process it starts is the program itself, so its PID is the program's.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net={}", self.path.display()))
-            .arg("--")
-            .arg(program);
-        command
+        command_in(&self.path, program)
     }
 
     /// Runs `f` on a thread that has entered this namespace, and returns its result. Sockets
@@ -154,6 +149,17 @@ impl Drop for NetNs {
             eprintln!("dctest: deleting the network namespace {}: {e}", self.name);
         }
     }
+}
+
+/// A command that runs `program` in the network namespace at `path` (`nsenter --net=PATH --
+/// program`), for holders of a namespace's path rather than of the [`NetNs`].
+pub fn command_in(path: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net={}", path.display()))
+        .arg("--")
+        .arg(program);
+    command
 }
 
 /// The private network: the bridge's namespace and the machines' namespaces attached to it.

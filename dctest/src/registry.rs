@@ -13,9 +13,11 @@ use std::time::Duration;
 use serde_json::json;
 use tempfile::TempDir;
 
+use crate::network::NetNs;
 use crate::process::{free_port, ChildGuard};
 use crate::util::sha256_digest;
 use crate::{Error, Result};
+use std::net::SocketAddrV4;
 
 /// Where Debian's package `docker-registry` installs the binary.
 pub const DEFAULT_BINARY: &str = "/usr/bin/docker-registry";
@@ -48,12 +50,39 @@ pub struct PushedImage {
     pub layer_digests: Vec<String>,
 }
 
+/// A second `docker-registry` serving a [`Registry`]'s storage in a network namespace
+/// ([`Registry::serve_in`]); killed on drop.
+#[derive(Debug)]
+pub struct RegistryView {
+    child: ChildGuard,
+    addr: SocketAddrV4,
+    log_path: PathBuf,
+}
+
+impl RegistryView {
+    /// `http://ADDRESS:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The file receiving its output.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+}
+
 /// A running `docker-registry`, killed on drop; its storage is removed with it.
 #[derive(Debug)]
 pub struct Registry {
     // Field order matters: the process is killed before its directory is removed.
     child: ChildGuard,
     port: u16,
+    binary: PathBuf,
     agent: ureq::Agent,
     log_path: PathBuf,
     storage_dir: PathBuf,
@@ -85,6 +114,7 @@ impl Registry {
                     return Ok(Self {
                         child,
                         port,
+                        binary: binary.to_owned(),
                         agent: agent(),
                         log_path: dir.path().join("registry.log"),
                         storage_dir: dir.path().join("storage"),
@@ -107,7 +137,11 @@ impl Registry {
             "create registry storage {}",
             storage.display()
         )))?;
-        std::fs::write(&config_path, config_yaml(port, &storage)).map_err(Error::io(format!(
+        std::fs::write(
+            &config_path,
+            config_yaml(format!("127.0.0.1:{port}"), &storage),
+        )
+        .map_err(Error::io(format!(
             "write registry config {}",
             config_path.display()
         )))?;
@@ -175,6 +209,53 @@ impl Registry {
     /// The process id of the registry.
     pub fn pid(&self) -> u32 {
         self.child.pid()
+    }
+
+    /// Starts a second `docker-registry` serving this registry's storage on `addr` inside
+    /// `netns` (the bridge of the data center's network, where the machines reach it). Pushes
+    /// and deletions stay on this loopback registry; the second one reads the same files (no
+    /// blob descriptor cache is configured, so it sees every change at once).
+    pub fn serve_in(&self, netns: &NetNs, addr: SocketAddrV4) -> Result<RegistryView> {
+        let config_path = self.dir().join(format!("config-{}.yml", netns.name()));
+        let log_path = self.dir().join(format!("registry-{}.log", netns.name()));
+        std::fs::write(&config_path, config_yaml(addr, &self.storage_dir)).map_err(Error::io(
+            format!("write registry config {}", config_path.display()),
+        ))?;
+        let log =
+            File::create(&log_path).map_err(Error::io(format!("create {}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(Error::io(format!("duplicate {}", log_path.display())))?;
+        let mut command = netns.command(&self.binary);
+        command
+            .arg("serve")
+            .arg(&config_path)
+            .current_dir(self.dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("REGISTRY_") {
+                command.env_remove(key);
+            }
+        }
+        let name = format!("docker-registry in {}", netns.name());
+        let mut child = ChildGuard::spawn(name.clone(), &mut command)?;
+        if let Err(e) = netns.wait_for_port(addr, START_TIMEOUT) {
+            return Err(match child.try_wait()? {
+                Some(status) => Error::ProcessExited {
+                    name,
+                    status: status.to_string(),
+                    output: log_tail(&log_path),
+                },
+                None => e,
+            });
+        }
+        Ok(RegistryView {
+            child,
+            addr,
+            log_path,
+        })
     }
 
     /// Pushes a small OCI image (one config blob, one uncompressed tar layer holding one file)
@@ -500,7 +581,7 @@ fn read_body(method: &str, url: &str, response: ureq::Response) -> Result<String
 }
 
 /// The registry configuration: loopback address, filesystem storage, deletes enabled.
-fn config_yaml(port: u16, storage: &Path) -> String {
+fn config_yaml(addr: impl std::fmt::Display, storage: &Path) -> String {
     format!(
         "version: 0.1
 log:
@@ -517,7 +598,7 @@ storage:
     uploadpurging:
       enabled: false
 http:
-  addr: 127.0.0.1:{port}
+  addr: {addr}
 ",
         storage.display()
     )

@@ -31,9 +31,10 @@ use axum::response::Response;
 use axum::Router;
 use serde_json::json;
 
-use crate::http_server::{bind_loopback, json_response, respond, ServerThread};
+use crate::http_server::{bind_loopback, bound_address, json_response, respond, ServerThread};
 use crate::util::{lock, percent_decode, sha256_digest};
 use crate::{Error, Result};
+use std::net::TcpListener;
 
 /// The kernel's file name in an image archive.
 pub const IMAGE_KERNEL: &str = "kernel";
@@ -115,7 +116,12 @@ pub struct SabakanStandIn {
 impl SabakanStandIn {
     /// Starts the stand-in on a free 127.0.0.1 port, with no images and no assets.
     pub fn start() -> Result<Self> {
-        let (listener, addr) = bind_loopback("sabakan")?;
+        Self::start_on(bind_loopback("sabakan")?.0)
+    }
+
+    /// Like [`Self::start`], serving on `listener` (for example one from [`crate::Lan::bind`]).
+    pub fn start_on(listener: TcpListener) -> Result<Self> {
+        let addr = bound_address("sabakan", &listener)?;
         let shared = Arc::new(Shared {
             base_url: format!("http://{addr}"),
             data: Mutex::new(Data::default()),
@@ -130,7 +136,7 @@ impl SabakanStandIn {
         })
     }
 
-    /// `http://127.0.0.1:PORT`, the base URL of the API (sabakan's `http://host:10080`).
+    /// `http://ADDRESS:PORT` of its listener, the base URL of the API (sabakan's `http://host:10080`).
     pub fn base_url(&self) -> String {
         self.shared.base_url.clone()
     }

@@ -11,9 +11,10 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use axum::Router;
 
-use crate::http_server::{bind_loopback, respond, ServerThread};
+use crate::http_server::{bind_loopback, bound_address, respond, ServerThread};
 use crate::util::lock;
 use crate::Result;
+use std::net::TcpListener;
 
 /// The largest body the sink accepts.
 const MAX_BODY: usize = 1 << 20;
@@ -48,7 +49,12 @@ pub struct WebhookSink {
 impl WebhookSink {
     /// Starts the sink on a loopback port.
     pub fn start() -> Result<Self> {
-        let (listener, addr) = bind_loopback("webhook")?;
+        Self::start_on(bind_loopback("webhook")?.0)
+    }
+
+    /// Like [`Self::start`], serving on `listener` (for example one from [`crate::Lan::bind`]).
+    pub fn start_on(listener: TcpListener) -> Result<Self> {
+        let addr = bound_address("webhook", &listener)?;
         let shared = Arc::new(Shared::default());
         let router = Router::new()
             .fallback(handle)
