@@ -9,11 +9,12 @@
 //!   and restarted;
 //! - [`debs`]: reproducible Debian packages built with `dpkg-deb`;
 //! - [`mirror`]: a local mirror of upstream (registry, GitHub, feed) seeded from a TOML file;
-//! - [`supervisor`]: daemons run like systemd's `Restart=always` (restart after every exit,
-//!   exit codes recorded, output appended to a log, killed by PID on stop, drop and panic);
-//! - [`datacenter`]: the whole virtual data center of the suites (3 etcd members, the mirror,
-//!   the stand-ins and boot servers with the neco package installed into their own roots and
-//!   its daemons supervised);
+//! - [`machine`] and [`network`]: Debian machines booted with systemd as PID 1 by
+//!   systemd-nspawn, each in its own network namespace on a private network of the test's own;
+//! - [`datacenter`] and [`boot_server`]: the whole virtual data center of the suites (boot
+//!   servers as machines, etcd members on three of them, the neco package installed with
+//!   `dpkg -i` and its daemons run by systemd; the mirror and the stand-ins on the private
+//!   network);
 //! - loopback stand-ins, each on its own background thread with its own tokio runtime, so they
 //!   work from sync tests and from `#[tokio::test]`s alike: an OCI distribution registry that
 //!   follows the spec where Debian's registry does not ([`registry_standin`]), the GitHub
@@ -21,9 +22,10 @@
 //!   endpoints ([`sabakan`]) and a webhook sink ([`webhook`]).
 //!
 //! It must depend on no crate of this workspace, so any crate can use it as a dev-dependency
-//! without a dependency cycle. Every server listens on 127.0.0.1 and every request it makes
-//! goes to a loopback address; nothing here reaches another host.
+//! without a dependency cycle. Every server listens on 127.0.0.1 or on the private network of
+//! the machines, and every request goes to one of those; nothing here reaches another host.
 
+pub mod boot_server;
 pub mod datacenter;
 pub mod debs;
 mod error;
@@ -38,21 +40,20 @@ pub mod process;
 pub mod registry;
 pub mod registry_standin;
 pub mod sabakan;
-pub mod supervisor;
 mod util;
 pub mod webhook;
 
-pub use datacenter::{BootServer, DataCenter, PublishedRelease};
+pub use boot_server::{BootServer, Daemon};
+pub use datacenter::{DataCenter, PublishedRelease};
 pub use error::{Error, Result};
-pub use etcd::EtcdCluster;
+pub use etcd::{EtcdClient, EtcdCluster, KeyValue};
 pub use feed::FeedServer;
 pub use github::{AssetSpec, GitHubStandIn, ReleaseSpec, UploadFault};
 pub use machine::{BaseImage, Machine, UnitState};
 pub use network::{Lan, NetNs};
 pub use process::{free_port, wait_for_http, ChildGuard};
-pub use registry::{PushedImage, Registry};
+pub use registry::{PushedImage, Registry, RegistryView};
 pub use registry_standin::{Auth, Fault, RegistryStandIn, RegistryStandInConfig};
 pub use sabakan::SabakanStandIn;
-pub use supervisor::{Exit, Supervisor};
 pub use util::{basic_authorization, sha256_digest, target_dir};
 pub use webhook::{Notification, WebhookSink};

@@ -118,39 +118,34 @@ fn bootstrap() {
         );
     }
 
-    // Step 3: unit files from the pinned images, each restarted once through the log manager.
+    // Step 3: unit files from the pinned images, each started once by systemd and running.
     for server in dc.servers() {
-        let units_dir = server.root().join("etc/systemd/system");
-        let units: BTreeSet<String> = std::fs::read_dir(&units_dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".service"))
-            .collect();
+        let units = server.unit_files().unwrap();
         assert!(
             !units.is_empty(),
             "boot server {}: no unit files",
             server.lrn()
         );
-        let restarted: Vec<String> = server
-            .service_actions()
-            .iter()
-            .map(|l| l.strip_prefix("restart ").unwrap_or(l).to_owned())
-            .collect();
-        assert_eq!(
-            restarted.iter().cloned().collect::<BTreeSet<_>>(),
-            units,
-            "boot server {}: restarts {restarted:?}",
-            server.lrn()
-        );
-        assert_eq!(restarted.len(), units.len(), "each unit is restarted once");
-        for unit in &units {
-            let text = std::fs::read_to_string(units_dir.join(unit)).unwrap();
+        for path in &units {
+            let unit = path.file_name().unwrap().to_str().unwrap();
+            let text = std::fs::read_to_string(path).unwrap();
             assert!(
                 pins.images
                     .iter()
-                    .any(|i| text.contains(&format!("{}:{}", i.repository, i.tag))),
+                    .any(|i| text.contains(&format!("{}:{}", i.repository, i.tag))
+                        || text.contains(&format!("/{}:{}", i.name, i.tag))),
                 "{unit} names no pinned image:\n{text}"
             );
+            let service = server.unit(unit);
+            let state = service.state().unwrap();
+            assert_eq!(
+                (state.active.as_str(), state.sub.as_str()),
+                ("active", "running"),
+                "{}: {state:?}\n{}",
+                service.name(),
+                service.journal()
+            );
+            assert_eq!(service.starts(), 1, "{}", service.name());
         }
     }
 

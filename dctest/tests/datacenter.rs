@@ -19,7 +19,7 @@ fn kills_and_membership() {
     let version = dc.version().to_owned();
 
     // The leader updater dies: another one takes over once its session TTL (3 s) expires, and
-    // the supervisor starts the killed one again.
+    // systemd starts the killed one again.
     let old = dc.kill_updater_leader().unwrap();
     let new = dc
         .wait_until(
@@ -78,7 +78,7 @@ fn kills_and_membership() {
             .collect()
     };
     let before = starts(&dc);
-    dc.etcd.kill_member(0).unwrap();
+    dc.kill_etcd_member(0).unwrap();
     dc.wait_until(
         "every daemon restarted on a living etcd member",
         Duration::from_secs(60),

@@ -1,7 +1,8 @@
 //! dctest suite **upgrade**: a candidate release published as a GitHub pre-release is ignored by
-//! `env prod`, installed by `env staging` (every worker updates itself from the deb, is
-//! restarted by its supervisor as the new binary, and then every step completes for the new
-//! version), and reaches `prod` once a person clears the pre-release flag.
+//! `env prod`, installed by `env staging` (every worker updates itself from the deb under
+//! systemd, is restarted by systemd as the new binary, the package restarts every updater, and
+//! then every step completes for the new version), and reaches `prod` once a person clears the
+//! pre-release flag.
 //!
 //! The candidates are the package under test repackaged with a higher `Version:` (the
 //! binaries read their version from the dpkg database, so for them it is a new release).
@@ -118,31 +119,41 @@ fn assert_ignored(dc: &DataCenter, version: &str, checks: usize, why: &str) {
     }
 }
 
-/// Every server self-updated exactly `updates` times so far, and the worker running now is
-/// the binary installed last (the replaced one would show as deleted).
+/// Every server self-updated exactly `updates` times so far, under systemd: each time the
+/// worker exited 10 after dpkg finished and systemd started the new binary
+/// (`RestartForceExitStatus=10`), the package's postinst restarted the updater once (it
+/// stopped cleanly), and the worker running now is the binary installed last (a replaced one
+/// would show as deleted).
 fn assert_self_updated(dc: &DataCenter, version: &str, updates: usize) {
     for server in dc.servers() {
         let worker = server.worker();
         assert_eq!(
             worker.exit_codes(),
             vec![Some(EXIT_UPDATED); updates],
-            "{}: {:?}",
+            "{}: {:?}\n{}",
             worker.name(),
-            worker.exits()
+            worker.exits(),
+            worker.journal()
         );
+        assert_eq!(worker.starts() as usize, 1 + updates, "{}", worker.name());
         assert_eq!(
             server.installed_version("neco").unwrap().as_deref(),
             Some(version)
         );
-        let pid = worker.pid().expect("the worker runs");
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
         assert_eq!(
-            exe,
-            server.root().join("usr/sbin/neco-worker"),
+            worker.executable().unwrap(),
+            "/usr/sbin/neco-worker",
             "{}: the running worker is not the installed binary",
             worker.name()
         );
-        assert_eq!(server.updater().starts(), 1, "{}", server.updater().name());
+        let updater = server.updater();
+        assert_eq!(
+            (updater.starts() as usize, updater.exit_codes()),
+            (1 + updates, vec![Some(0); updates]),
+            "{}: restarted once by each upgrade\n{}",
+            updater.name(),
+            updater.journal()
+        );
     }
 }
 
