@@ -71,9 +71,10 @@ enum Cmd {
         deb: PathBuf,
     },
     /// The virtual data center: build the neco package (not published) and run the dctest
-    /// suites against it (real etcd cluster, registry mirror, GitHub / sabakan / feed / webhook
-    /// stand-ins, boot servers with the package installed by dpkg and their daemons
-    /// supervised), then print a summary.
+    /// suites against it (boot servers booted by systemd-nspawn with systemd as PID 1 on a
+    /// private network, etcd members on three of them, the package installed with `dpkg -i`
+    /// and its daemons run by systemd; registry mirror, GitHub / sabakan / feed / webhook
+    /// stand-ins on the network), then print a summary.
     ///
     /// Every selected suite runs, also after one fails. The summary, printed on success and on
     /// failure, ends with a table of the suites: result (passed / FAILED / not run, e.g. when
@@ -368,10 +369,10 @@ const SUITES: [&str; 5] = [
 fn suite_summary(suite: &str) -> &'static str {
     match suite {
         "machines" => "two machines boot with systemd as PID 1 on the private network; they reach each other and the bridge; unit state, journal, systemctl kill, cut/heal, power off, kill; nothing left behind",
-        "bootstrap" => "neco setup 0 1 2; the first update completes; images, units, debs, sabakan contents, notification",
-        "upgrade" => "prod ignores a pre-release; staging self-updates every server (exit 10), all steps complete; promotion to prod",
-        "functions" => "a broken image aborts, notifies and completes after neco recover; a dead worker stops the update within seconds",
-        "datacenter" => "leader updater killed, worker killed, join/leave reconfigure, one etcd member killed",
+        "bootstrap" => "on machines: dpkg -i starts both daemons under systemd; neco setup 0 1 2; the first update completes; images, service units running, debs, sabakan contents, notification",
+        "upgrade" => "on machines: prod ignores a pre-release; staging self-updates every server under systemd (worker exit 10 and restart, updater restarted by the package, once each), all steps complete; promotion to prod",
+        "functions" => "on machines: a broken image aborts, notifies and completes after neco recover; a dead worker stops the update within seconds",
+        "datacenter" => "on machines: leader updater killed, worker killed (systemd restarts them), a new machine joins and leaves, one etcd member killed",
         _ => "",
     }
 }
