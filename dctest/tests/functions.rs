@@ -22,119 +22,17 @@
 
 mod common;
 
+use common::faults::{
+    notifications, prepare, setup, titles_of, wait_for_failure, wait_stopped, worker_statuses,
+    Frozen, DEAD_WORKER_STOPPED_WITHIN, FAILED, LIVENESS_GRACE, LIVENESS_TTL,
+};
 use common::{Pins, BEGINS, SUCCEEDED};
-use dctest::DataCenter;
 use serde_json::Value;
-use std::process::Command;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// The title neco gives a notification of a failed update.
-const FAILED: &str = "Update failed";
-/// The TTL of a worker's liveness lease (neco's `LIVENESS_TTL`).
-const LIVENESS_TTL: Duration = Duration::from_secs(5);
-/// How long after a request the updater waits for the liveness key of a listed server that has
-/// none (neco's `LIVENESS_GRACE`).
-const LIVENESS_GRACE: Duration = Duration::from_secs(30);
-/// How long after a worker's death the update must be stopped: the TTL, the updater's reaction
-/// and a loaded machine. The worker timeout (60 min by default) is what it must not take.
-const DEAD_WORKER_STOPPED_WITHIN: Duration = Duration::from_secs(15);
-
 /// One data center at a time (see the module documentation).
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// The notifications the sink accepted: (title, Version field, Reason field or "").
-fn notifications(dc: &DataCenter) -> Vec<(String, String, String)> {
-    dc.webhook
-        .delivered()
-        .iter()
-        .filter_map(|n| {
-            let attachment = n.json.pointer("/attachments/0")?;
-            let fields = attachment["fields"].as_array()?;
-            let field = |name: &str| {
-                fields
-                    .iter()
-                    .find(|f| f["title"] == name)
-                    .and_then(|f| f["value"].as_str())
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            Some((
-                attachment["title"].as_str()?.to_owned(),
-                field("Version"),
-                field("Reason"),
-            ))
-        })
-        .collect()
-}
-
-/// The titles of the notifications about `version`, in order.
-fn titles_of(dc: &DataCenter, version: &str) -> Vec<String> {
-    notifications(dc)
-        .into_iter()
-        .filter(|(_, v, _)| v == version)
-        .map(|(title, _, _)| title)
-        .collect()
-}
-
-/// Waits for a failure notification about `version` and returns its Reason.
-fn wait_for_failure(dc: &DataCenter, version: &str) -> String {
-    dc.wait_until("the failure notification", Duration::from_secs(15), |dc| {
-        let got = notifications(dc);
-        got.iter()
-            .find(|(title, v, _)| title == FAILED && v == version)
-            .map(|(_, _, reason)| reason.clone())
-            .ok_or_else(|| format!("{got:?}"))
-    })
-    .unwrap()
-}
-
-/// Waits until `neco status` reports the update to `version` stopped and returns the report.
-fn wait_stopped(dc: &DataCenter, version: &str, timeout: Duration) -> Value {
-    dc.wait_until("the updater stopped the update", timeout, |dc| {
-        let status = dc.status_json(0).map_err(|e| e.to_string())?;
-        match common::request_of(&status) {
-            Some((v, _, true)) if v == version => Ok(status),
-            Some((v, state, _)) if v == version && state == "completed" => {
-                panic!("the update completed instead of stopping: {status:#}")
-            }
-            _ => Err(status.to_string()),
-        }
-    })
-    .unwrap()
-}
-
-/// `neco config set slack`, then every worker is alive and no update is requested yet.
-fn prepare(dc: &DataCenter) {
-    dc.neco_ok(0, &["config", "set", "slack", &dc.webhook.url()])
-        .unwrap();
-    dc.wait_until("every worker is alive", Duration::from_secs(20), |dc| {
-        let status = dc.status_json(0).map_err(|e| e.to_string())?;
-        (status["alive"] == serde_json::json!([0, 1, 2]) && status["request"].is_null())
-            .then_some(())
-            .ok_or_else(|| status.to_string())
-    })
-    .unwrap();
-}
-
-/// `neco setup 0 1 2` on boot server 0 (the webhook is configured already).
-fn setup(dc: &DataCenter) {
-    let out = dc.neco_ok(0, &["setup", "0", "1", "2"]).unwrap();
-    eprintln!("dctest: neco setup: {}", out.trim());
-}
-
-/// The worker statuses in etcd (`status/bootservers/<LRN>`), by LRN.
-fn worker_statuses(dc: &DataCenter) -> Vec<(u32, Value)> {
-    dc.etcd
-        .get_prefix("/neco/status/bootservers/")
-        .unwrap()
-        .into_iter()
-        .map(|kv| {
-            let lrn = kv.key.rsplit('/').next().unwrap().parse().unwrap();
-            (lrn, serde_json::from_str(&kv.value).unwrap())
-        })
-        .collect()
-}
 
 #[test]
 fn a_broken_image_aborts_and_neco_recover_completes_once_it_is_fixed() {
@@ -284,33 +182,6 @@ fn a_broken_image_aborts_and_neco_recover_completes_once_it_is_fixed() {
         recovered_in.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-}
-
-/// Freezes a process with SIGSTOP until dropped (SIGCONT): a registry that stops answering.
-struct Frozen {
-    pid: u32,
-}
-
-impl Frozen {
-    fn new(pid: u32) -> Self {
-        signal("-STOP", pid);
-        Self { pid }
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        signal("-CONT", self.pid);
-    }
-}
-
-fn signal(signal: &str, pid: u32) {
-    let status = Command::new("kill")
-        .arg(signal)
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal} {pid}: {status}");
 }
 
 #[test]

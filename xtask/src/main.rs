@@ -358,12 +358,13 @@ impl Steps {
 
 /// The dctest suites (integration tests of the dctest crate behind its `suites` feature), and
 /// what each checks.
-const SUITES: [&str; 5] = [
+const SUITES: [&str; 6] = [
     "machines",
     "bootstrap",
     "upgrade",
     "functions",
     "datacenter",
+    "partition",
 ];
 
 fn suite_summary(suite: &str) -> &'static str {
@@ -373,6 +374,7 @@ fn suite_summary(suite: &str) -> &'static str {
         "upgrade" => "on machines: prod ignores a pre-release; staging self-updates every server under systemd (worker exit 10 and restart, updater restarted by the package, once each), all steps complete; promotion to prod",
         "functions" => "on machines: a broken image aborts, notifies and completes after neco recover; a dead worker stops the update within seconds",
         "datacenter" => "on machines: leader updater killed, worker killed (systemd restarts them), a new machine joins and leaves, one etcd member killed",
+        "partition" => "on machines: a worker's machine cut off in the middle of an update stops it within seconds, the failure names that server; healed, neco recover completes it",
         _ => "",
     }
 }

@@ -3,6 +3,8 @@
 // Test code: a failed call is a failed test (the data center prints every log when it panics).
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod faults;
+
 use dctest::datacenter::{find_neco_deb, Options};
 use dctest::DataCenter;
 use serde_json::Value;

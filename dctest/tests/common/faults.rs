@@ -1,0 +1,140 @@
+//! What the fault suites (functions, partition) share: notifications with their reasons,
+//! waiting for a stopped update, a registry that stops answering, the worker statuses.
+// Test code: a failed call is a failed test (the data center prints every log when it panics).
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use dctest::DataCenter;
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+
+/// The title neco gives a notification of a failed update.
+pub const FAILED: &str = "Update failed";
+/// The TTL of a worker's liveness lease (neco's `LIVENESS_TTL`).
+pub const LIVENESS_TTL: Duration = Duration::from_secs(5);
+/// How long after a request the updater waits for the liveness key of a listed server that has
+/// none (neco's `LIVENESS_GRACE`).
+pub const LIVENESS_GRACE: Duration = Duration::from_secs(30);
+/// How long after a worker's death the update must be stopped: the TTL, the updater's reaction
+/// and a loaded machine. The worker timeout (60 min by default) is what it must not take.
+pub const DEAD_WORKER_STOPPED_WITHIN: Duration = Duration::from_secs(15);
+
+/// The notifications the sink accepted: (title, Version field, Reason field or "").
+pub fn notifications(dc: &DataCenter) -> Vec<(String, String, String)> {
+    dc.webhook
+        .delivered()
+        .iter()
+        .filter_map(|n| {
+            let attachment = n.json.pointer("/attachments/0")?;
+            let fields = attachment["fields"].as_array()?;
+            let field = |name: &str| {
+                fields
+                    .iter()
+                    .find(|f| f["title"] == name)
+                    .and_then(|f| f["value"].as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            Some((
+                attachment["title"].as_str()?.to_owned(),
+                field("Version"),
+                field("Reason"),
+            ))
+        })
+        .collect()
+}
+
+/// The titles of the notifications about `version`, in order.
+pub fn titles_of(dc: &DataCenter, version: &str) -> Vec<String> {
+    notifications(dc)
+        .into_iter()
+        .filter(|(_, v, _)| v == version)
+        .map(|(title, _, _)| title)
+        .collect()
+}
+
+/// Waits for a failure notification about `version` and returns its Reason.
+pub fn wait_for_failure(dc: &DataCenter, version: &str) -> String {
+    dc.wait_until("the failure notification", Duration::from_secs(15), |dc| {
+        let got = notifications(dc);
+        got.iter()
+            .find(|(title, v, _)| title == FAILED && v == version)
+            .map(|(_, _, reason)| reason.clone())
+            .ok_or_else(|| format!("{got:?}"))
+    })
+    .unwrap()
+}
+
+/// Waits until `neco status` reports the update to `version` stopped and returns the report.
+pub fn wait_stopped(dc: &DataCenter, version: &str, timeout: Duration) -> Value {
+    dc.wait_until("the updater stopped the update", timeout, |dc| {
+        let status = dc.status_json(0).map_err(|e| e.to_string())?;
+        match super::request_of(&status) {
+            Some((v, _, true)) if v == version => Ok(status),
+            Some((v, state, _)) if v == version && state == "completed" => {
+                panic!("the update completed instead of stopping: {status:#}")
+            }
+            _ => Err(status.to_string()),
+        }
+    })
+    .unwrap()
+}
+
+/// `neco config set slack`, then every worker is alive and no update is requested yet.
+pub fn prepare(dc: &DataCenter) {
+    dc.neco_ok(0, &["config", "set", "slack", &dc.webhook.url()])
+        .unwrap();
+    dc.wait_until("every worker is alive", Duration::from_secs(20), |dc| {
+        let status = dc.status_json(0).map_err(|e| e.to_string())?;
+        (status["alive"] == serde_json::json!([0, 1, 2]) && status["request"].is_null())
+            .then_some(())
+            .ok_or_else(|| status.to_string())
+    })
+    .unwrap();
+}
+
+/// `neco setup 0 1 2` on boot server 0 (the webhook is configured already).
+pub fn setup(dc: &DataCenter) {
+    let out = dc.neco_ok(0, &["setup", "0", "1", "2"]).unwrap();
+    eprintln!("dctest: neco setup: {}", out.trim());
+}
+
+/// The worker statuses in etcd (`status/bootservers/<LRN>`), by LRN.
+pub fn worker_statuses(dc: &DataCenter) -> Vec<(u32, Value)> {
+    dc.etcd
+        .get_prefix("/neco/status/bootservers/")
+        .unwrap()
+        .into_iter()
+        .map(|kv| {
+            let lrn = kv.key.rsplit('/').next().unwrap().parse().unwrap();
+            (lrn, serde_json::from_str(&kv.value).unwrap())
+        })
+        .collect()
+}
+
+/// Freezes a process with SIGSTOP until dropped (SIGCONT): a registry that stops answering.
+pub struct Frozen {
+    pid: u32,
+}
+
+impl Frozen {
+    pub fn new(pid: u32) -> Self {
+        signal("-STOP", pid);
+        Self { pid }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", self.pid);
+    }
+}
+
+fn signal(signal: &str, pid: u32) {
+    let status = Command::new("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}: {status}");
+}
