@@ -200,9 +200,20 @@ impl DataCenter {
         for server in dc.servers.values() {
             wait_daemons(server)?;
         }
+        let memory = dc
+            .servers
+            .values()
+            .map(|s| {
+                s.machine()
+                    .memory()
+                    .map(|bytes| format!("{:.0}", bytes as f64 / f64::from(1 << 20)))
+                    .unwrap_or_else(|e| e.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         eprintln!(
-            "dctest: data center up in {:.1}s (machines booted at {:.1}s): {} boot servers, \
-             neco {} (directory {})",
+            "dctest: data center up in {:.1}s (machines booted at {:.1}s): {} boot servers \
+             (memory MiB: {memory}), neco {} (directory {})",
             started.elapsed().as_secs_f64(),
             booted.as_secs_f64(),
             dc.servers.len(),

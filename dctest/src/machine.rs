@@ -595,6 +595,38 @@ impl Machine {
             .map(drop)
     }
 
+    /// The memory its processes use: the sum of their proportional set sizes (`Pss` of
+    /// `/proc/PID/smaps_rollup`) over every process in its PID namespace, in bytes.
+    pub fn memory(&self) -> Result<u64> {
+        let leader = self.leader.ok_or_else(|| {
+            Error::InvalidArgument(format!("machine {} is not running", self.name))
+        })?;
+        let namespace = std::fs::read_link(format!("/proc/{leader}/ns/pid"))
+            .map_err(Error::io(format!("read the PID namespace of {}", self.name)))?;
+        let mut total = 0;
+        let entries = std::fs::read_dir("/proc").map_err(Error::io("read /proc"))?;
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // Processes come and go: one that ended meanwhile counts nothing.
+            if std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() != Some(namespace.clone())
+            {
+                continue;
+            }
+            let rollup =
+                std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+            total += rollup
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024;
+        }
+        Ok(total)
+    }
+
     /// Powers the machine off: SIGTERM to `systemd-nspawn`, which halts it cleanly (units
     /// stopped), waiting up to 20 s before SIGKILL. Its layer stays: [`Machine::boot`] starts
     /// it again.
