@@ -214,15 +214,19 @@ pub async fn install_pinned(
     let bytes = download(github, package, &asset).await?;
     verify(package, wanted, &bytes, deb.sha256.as_str())?;
     let path = cache(root, package, wanted, &bytes)?;
-    neco::dpkg::install(root, &path).map_err(|source| DebError::Dpkg {
-        package: package.to_owned(),
-        source,
-    })?;
+    neco::dpkg::install_async(root, &path)
+        .await
+        .map_err(|source| DebError::Dpkg {
+            package: package.to_owned(),
+            source,
+        })?;
     Ok(path)
 }
 
 /// The neco package of a release: `release-<version>`, the asset `^neco_.*\.deb$`, verified
-/// against its published sha256 and installed with dpkg. Nothing is installed on any failure.
+/// against its published sha256 and installed with dpkg in a transient systemd unit of its own
+/// ([`neco::dpkg::install_self_update`]). Nothing is installed unless the sha256 matches; when
+/// dpkg itself fails, the package may be left unpacked or half-configured (dpkg says which).
 pub async fn install_neco(
     root: &Path,
     github: &GitHub<'_>,
@@ -238,10 +242,73 @@ pub async fn install_neco(
     let bytes = download(github, "neco", &asset).await?;
     verify("neco", &asset.name, &bytes, &expected)?;
     let path = cache(root, "neco", &asset.name, &bytes)?;
-    neco::dpkg::install_detached(root, &path).map_err(|source| DebError::Dpkg {
-        package: "neco".into(),
-        source,
-    })?;
+    neco::dpkg::install_self_update(root, &path)
+        .await
+        .map_err(|source| DebError::Dpkg {
+            package: "neco".into(),
+            source,
+        })?;
     tracing::info!(version, asset = %asset.name, "installed the neco package");
     Ok(())
+}
+
+/// What neco-worker does at start, by the dpkg status of the neco package under its root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Startup {
+    /// The package is configured (`installed`, or only triggers of other packages await it):
+    /// run.
+    Run,
+    /// The package is between unpacking and configuring (`half-installed`, `unpacked`,
+    /// `half-configured`): dpkg is installing it (an operator's `dpkg -i` whose postinst
+    /// restarted the worker) or was interrupted. Wait until it is configured.
+    Wait,
+    /// The package is not installed (no record, `not-installed`, `config-files`) or the status
+    /// is not one dpkg writes: the configuration error, which a restart does not cure.
+    NotInstalled,
+}
+
+/// The decision at start over the `Status` field of neco in the dpkg database (`want eflag
+/// state`, such as `install ok installed`); `None` when dpkg has no record of it.
+pub fn startup(status: Option<&str>) -> Startup {
+    let words: Vec<&str> = status.unwrap_or("").split_whitespace().collect();
+    let [_want, _error_flag, state] = words.as_slice() else {
+        return Startup::NotInstalled;
+    };
+    match *state {
+        "installed" | "triggers-awaited" | "triggers-pending" => Startup::Run,
+        "half-installed" | "unpacked" | "half-configured" => Startup::Wait,
+        _ => Startup::NotInstalled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_by_dpkg_status() {
+        let table = [
+            (Some("install ok installed"), Startup::Run),
+            (Some("hold ok installed"), Startup::Run),
+            (Some("deinstall ok installed"), Startup::Run),
+            (Some("install ok triggers-pending"), Startup::Run),
+            (Some("install ok triggers-awaited"), Startup::Run),
+            (Some("install ok half-installed"), Startup::Wait),
+            (Some("install reinstreq half-installed"), Startup::Wait),
+            (Some("install ok unpacked"), Startup::Wait),
+            (Some("install ok half-configured"), Startup::Wait),
+            (Some("install reinstreq half-configured"), Startup::Wait),
+            (None, Startup::NotInstalled),
+            (Some(""), Startup::NotInstalled),
+            (Some("unknown ok not-installed"), Startup::NotInstalled),
+            (Some("deinstall ok config-files"), Startup::NotInstalled),
+            (Some("installed"), Startup::NotInstalled),
+            (Some("install ok"), Startup::NotInstalled),
+            (Some("install ok installed extra"), Startup::NotInstalled),
+            (Some("install ok configuring"), Startup::NotInstalled),
+        ];
+        for (status, expected) in table {
+            assert_eq!(startup(status), expected, "{status:?}");
+        }
+    }
 }

@@ -8,19 +8,25 @@ use neco::config::Config;
 use neco::lease::KeptLease;
 use neco::storage::{ConfigKey, Storage, LIVENESS_TTL};
 use neco::Secret;
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 use worker::cli::{Cli, Manager};
+use worker::debs::Startup;
 use worker::run::{Exit, Worker};
 use worker::services::{ActionLog, ServiceManager, Systemd};
 use worker::steps::StepContext;
 
 /// Exit status after a new neco package was installed: the supervisor starts the new binary
-/// (the systemd unit restarts on it).
+/// (the unit's `RestartForceExitStatus=10`). The package's postinst leaves the worker alone
+/// during a self-update, so this is the one restart into the new binary.
 const EXIT_UPDATED: u8 = 10;
 /// Exit status when the configuration or the installation is unusable.
 const EXIT_CONFIG: u8 = 2;
 /// Exit status of a failure a restart may cure (etcd unreachable, an aborted update).
 const EXIT_FAILURE: u8 = 1;
+/// How often the worker looks at the dpkg database while dpkg installs the neco package.
+const PACKAGE_POLL: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -40,18 +46,23 @@ async fn run(cli: Cli) -> ExitCode {
     let setup = || -> Result<_, String> {
         let config = Config::load(&cli.root).map_err(|e| format!("{e:#}"))?;
         let lrn = neco::config::read_lrn(&cli.root).map_err(|e| format!("{e:#}"))?;
-        let version = neco::dpkg::installed_version(&cli.root, "neco")
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| {
-                format!(
-                    "the neco package is not installed under {}",
-                    cli.root.display()
-                )
-            })?;
-        Ok((config, lrn, version))
+        Ok((config, lrn))
     };
-    let (config, lrn, version) = match setup() {
+    let (config, lrn) = match setup() {
         Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let version = match neco_package(&cli.root).await {
+        Ok(Package::Configured(version)) => version,
+        Ok(Package::Replaced) => {
+            tracing::info!(
+                "dpkg replaced this binary while it waited; exiting so that the installed one starts"
+            );
+            return ExitCode::from(EXIT_UPDATED);
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             return ExitCode::from(EXIT_CONFIG);
@@ -64,6 +75,75 @@ async fn run(cli: Cli) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// The neco package under the root, as the worker may run with it.
+enum Package {
+    /// Configured, at this version.
+    Configured(String),
+    /// dpkg configured it while this process waited and replaced this process's executable on
+    /// the way: the installed binary must be started instead.
+    Replaced,
+}
+
+/// Looks at the dpkg status of neco ([`worker::debs::startup`]). While dpkg is between
+/// unpacking and configuring it, waits (polling every [`PACKAGE_POLL`], logged once) until it
+/// is configured. An error when it is not installed.
+async fn neco_package(root: &Path) -> Result<Package, String> {
+    let mut waited = false;
+    loop {
+        let status = {
+            let root = root.to_path_buf();
+            tokio::task::spawn_blocking(move || neco::dpkg::status(&root, "neco"))
+                .await
+                .map_err(|e| format!("cannot query dpkg: {e}"))?
+                .map_err(|e| e.to_string())?
+        };
+        let text = status.as_ref().map(|s| s.status.as_str());
+        match worker::debs::startup(text) {
+            Startup::Run => {
+                let version = status
+                    .map(|s| s.version)
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| {
+                        format!("the neco package under {} has no version", root.display())
+                    })?;
+                if waited {
+                    tracing::info!(version, "the neco package is configured");
+                    if executable_replaced().await {
+                        return Ok(Package::Replaced);
+                    }
+                }
+                return Ok(Package::Configured(version));
+            }
+            Startup::Wait => {
+                if !waited {
+                    tracing::info!(
+                        status = text.unwrap_or_default(),
+                        poll = ?PACKAGE_POLL,
+                        "dpkg has not configured the neco package yet; waiting until it is configured"
+                    );
+                    waited = true;
+                }
+                tokio::time::sleep(PACKAGE_POLL).await;
+            }
+            Startup::NotInstalled => {
+                return Err(format!(
+                    "the neco package is not installed under {} (dpkg status: {})",
+                    root.display(),
+                    text.unwrap_or("none")
+                ))
+            }
+        }
+    }
+}
+
+/// Whether the file this process was started from is gone (dpkg replaced it): Linux shows
+/// the link `/proc/self/exe` with the suffix ` (deleted)` then. `false` when it cannot tell.
+async fn executable_replaced() -> bool {
+    tokio::fs::read_link("/proc/self/exe")
+        .await
+        .is_ok_and(|path| path.to_string_lossy().ends_with(" (deleted)"))
 }
 
 async fn serve(cli: &Cli, config: &Config, lrn: u32, version: &str) -> anyhow::Result<ExitCode> {
@@ -139,9 +219,15 @@ async fn serve(cli: &Cli, config: &Config, lrn: u32, version: &str) -> anyhow::R
                 )
                 .await
                 {
-                    Ok(()) => return Ok(ExitCode::from(EXIT_UPDATED)),
+                    Ok(()) => {
+                        tracing::info!(
+                            to = %target,
+                            "dpkg returned; exiting so that systemd starts the new binary"
+                        );
+                        return Ok(ExitCode::from(EXIT_UPDATED));
+                    }
                     Err(e) => {
-                        tracing::error!(error = %e, "self-update failed; nothing was installed; aborting the update");
+                        tracing::error!(error = %e, "self-update failed; aborting the update");
                         worker
                             .report_self_update_failure(&target, &e.to_string())
                             .await?;
