@@ -480,6 +480,16 @@ mod tests {
         systemd_running: bool,
         dpkg_root: Option<&str>,
     ) -> (bool, Vec<String>) {
+        run_script_with(name, args, systemd_running, dpkg_root, &[])
+    }
+
+    fn run_script_with(
+        name: &str,
+        args: &[&str],
+        systemd_running: bool,
+        dpkg_root: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> (bool, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
         let run_dir = dir.path().join("run-systemd-system");
         if systemd_running {
@@ -495,7 +505,12 @@ mod tests {
         .unwrap();
         let fakes = FakeServiceTools::new().unwrap();
         let mut command = Command::new("sh");
-        command.arg(&copy).args(args).env_remove("DPKG_ROOT");
+        command
+            .arg(&copy)
+            .args(args)
+            .env_remove("DPKG_ROOT")
+            .env_remove("NECO_SELF_UPDATE")
+            .envs(env.iter().copied());
         if let Some(root) = dpkg_root {
             command.env("DPKG_ROOT", root);
         }
@@ -538,13 +553,41 @@ mod tests {
             .1
             .is_empty());
         assert!(!run_script("postinst", &["bogus"], true, None).0);
+        // A self-update: the worker waiting for dpkg is left alone (started if it was not
+        // running), the updater restarted.
+        assert_eq!(
+            run_script_with(
+                "postinst",
+                &["configure", "2026.11.25-1"],
+                true,
+                None,
+                &[("NECO_SELF_UPDATE", "1")]
+            ),
+            (
+                true,
+                expected[..5]
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .chain([
+                        "deb-systemd-invoke restart neco-updater.service".to_owned(),
+                        "deb-systemd-invoke start neco-worker.service".to_owned(),
+                    ])
+                    .collect()
+            )
+        );
     }
 
     #[test]
-    fn prerm_stops_and_disables_on_remove_only_on_a_running_systemd_without_dpkg_root() {
+    fn prerm_stops_on_remove_and_deconfigure_only_on_a_running_systemd_without_dpkg_root() {
         let stop = "deb-systemd-invoke stop neco-worker.service neco-updater.service".to_owned();
+        // An upgrade leaves the services alone: the new postinst restarts them, and a worker
+        // that self-updates must not be stopped while it waits for dpkg.
         assert_eq!(
             run_script("prerm", &["upgrade", "2026.11.27-1"], true, None),
+            (true, vec![])
+        );
+        assert_eq!(
+            run_script("prerm", &["deconfigure"], true, None),
             (true, vec![stop.clone()])
         );
         assert_eq!(
