@@ -601,18 +601,21 @@ impl Machine {
         let leader = self.leader.ok_or_else(|| {
             Error::InvalidArgument(format!("machine {} is not running", self.name))
         })?;
-        let namespace = std::fs::read_link(format!("/proc/{leader}/ns/pid"))
-            .map_err(Error::io(format!("read the PID namespace of {}", self.name)))?;
+        let namespace = std::fs::read_link(format!("/proc/{leader}/ns/pid")).map_err(Error::io(
+            format!("read the PID namespace of {}", self.name),
+        ))?;
         let mut total = 0;
         let entries = std::fs::read_dir("/proc").map_err(Error::io("read /proc"))?;
         for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
             else {
                 continue;
             };
             // Processes come and go: one that ended meanwhile counts nothing.
-            if std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() != Some(namespace.clone())
-            {
+            if std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() != Some(namespace.clone()) {
                 continue;
             }
             let rollup =
