@@ -5,6 +5,9 @@
 //! - [`process`]: processes started for a test ([`ChildGuard`] kills them by PID and waits for
 //!   them on drop, also when the test panics), free loopback ports, waiting for HTTP servers;
 //! - [`registry`]: Debian's real `docker-registry` (distribution 2.8) with an image seeder;
+//! - [`service_image`] and [`service_elf`]: the seeder's images, runnable (`podman run`): a
+//!   generated static program answering `<repository>:<tag>\n` over HTTP on
+//!   [`service_port`]`(repository)`, also written as an OCI image layout;
 //! - [`etcd`]: Debian's real etcd, one member or a cluster, with members that can be killed
 //!   and restarted;
 //! - [`debs`]: reproducible Debian packages built with `dpkg-deb`;
@@ -40,6 +43,8 @@ pub mod process;
 pub mod registry;
 pub mod registry_standin;
 pub mod sabakan;
+pub mod service_elf;
+pub mod service_image;
 mod util;
 pub mod webhook;
 
@@ -55,5 +60,7 @@ pub use process::{free_port, wait_for_http, ChildGuard};
 pub use registry::{PushedImage, Registry, RegistryView};
 pub use registry_standin::{Auth, Fault, RegistryStandIn, RegistryStandInConfig};
 pub use sabakan::SabakanStandIn;
+pub use service_elf::service_port;
+pub use service_image::{write_oci_layout, ImageBlobs};
 pub use util::{basic_authorization, sha256_digest, target_dir};
 pub use webhook::{Notification, WebhookSink};

@@ -1,5 +1,6 @@
 //! Debian's real `docker-registry` (distribution 2.8) on a loopback port, with filesystem storage
-//! in a temporary directory, and a seeder that pushes small real OCI images over its HTTP API.
+//! in a temporary directory, and a seeder that pushes small real OCI images over its HTTP API
+//! (runnable: [`crate::service_image`]).
 //!
 //! Note: distribution 2.8 answers `manifest unknown` for an OCI manifest unless the request's
 //! `Accept` header lists `application/vnd.oci.image.manifest.v1+json`. Its `tags/list` ignores
@@ -8,14 +9,15 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use serde_json::json;
 use tempfile::TempDir;
 
 use crate::network::NetNs;
 use crate::process::{free_port, ChildGuard};
-use crate::util::sha256_digest;
+use crate::service_image::{ImageBlobs, ServicePorts};
+use crate::util::{lock, sha256_digest};
 use crate::{Error, Result};
 use std::net::SocketAddrV4;
 
@@ -87,6 +89,8 @@ pub struct Registry {
     log_path: PathBuf,
     storage_dir: PathBuf,
     dir: TempDir,
+    /// The port of each pushed repository's service, so that two never share one.
+    service_ports: Mutex<ServicePorts>,
 }
 
 impl Registry {
@@ -119,6 +123,7 @@ impl Registry {
                         log_path: dir.path().join("registry.log"),
                         storage_dir: dir.path().join("storage"),
                         dir,
+                        service_ports: Mutex::default(),
                     })
                 }
                 // The port may have been taken between choosing and binding it.
@@ -258,9 +263,11 @@ impl Registry {
         })
     }
 
-    /// Pushes a small OCI image (one config blob, one uncompressed tar layer holding one file)
-    /// as `repository:tag`. The layer content depends on repository and tag, so every pushed
-    /// image has its own digests.
+    /// Pushes the small runnable image of `repository:tag` ([`ImageBlobs::build`]: one config
+    /// blob, one uncompressed tar layer holding a program that answers `<repository>:<tag>\n`
+    /// over HTTP on [`crate::service_port`]`(repository)`). The layer depends on repository
+    /// and tag only, so every pushed image has its own digests and they are the same on every
+    /// host. Two repositories whose services would share a port are refused, naming both.
     pub fn push_image(&self, repository: &str, tag: &str) -> Result<PushedImage> {
         validate_repository(repository)?;
         validate_tag(tag)?;
@@ -293,43 +300,21 @@ impl Registry {
     }
 
     /// Uploads the config and layer blobs of the image of `repository:tag` and returns the
-    /// image (named by `tag`) with its manifest bytes, which are not pushed yet.
+    /// image (named by `tag`) with its manifest bytes, which are not pushed yet. Fails naming
+    /// both repositories when another one pushed here has the same service port.
     fn upload_image(&self, repository: &str, tag: &str) -> Result<(PushedImage, Vec<u8>)> {
-        let content = format!("dctest image {repository}:{tag}\n");
-        let layer = single_file_tar("etc/dctest-image", content.as_bytes())?;
-        let layer_digest = sha256_digest(&layer);
-        let config = serde_json::to_vec(&json!({
-            "architecture": "amd64",
-            "os": "linux",
-            "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
-            "config": {},
-        }))?;
-        let config_digest = sha256_digest(&config);
-        self.upload_blob(repository, &config, &config_digest)?;
-        self.upload_blob(repository, &layer, &layer_digest)?;
-
-        let manifest = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": OCI_CONFIG,
-                "digest": config_digest,
-                "size": config.len(),
-            },
-            "layers": [{
-                "mediaType": OCI_LAYER_TAR,
-                "digest": layer_digest,
-                "size": layer.len(),
-            }],
-        }))?;
+        lock(&self.service_ports).claim(repository)?;
+        let blobs = ImageBlobs::build(repository, tag)?;
+        self.upload_blob(repository, &blobs.config, &blobs.config_digest)?;
+        self.upload_blob(repository, &blobs.layer, &blobs.layer_digest)?;
         let image = PushedImage {
             repository: repository.to_owned(),
             tag: tag.to_owned(),
-            manifest_digest: sha256_digest(&manifest),
-            config_digest,
-            layer_digests: vec![layer_digest],
+            manifest_digest: blobs.manifest_digest,
+            config_digest: blobs.config_digest,
+            layer_digests: vec![blobs.layer_digest],
         };
-        Ok((image, manifest))
+        Ok((image, blobs.manifest))
     }
 
     /// Puts `manifest` (whose bytes hash to `manifest_digest`) as `repository:tag` and checks
@@ -659,76 +644,9 @@ fn is_digest(digest: &str) -> bool {
     })
 }
 
-/// Builds a POSIX ustar archive holding one regular file (mode 0644, mtime 0, owner root).
-fn single_file_tar(path: &str, content: &[u8]) -> Result<Vec<u8>> {
-    const BLOCK: usize = 512;
-    if path.is_empty() || path.len() > 100 {
-        return Err(Error::InvalidArgument(format!(
-            "tar member name {path:?} must have 1 to 100 bytes"
-        )));
-    }
-    let mut header = [0u8; BLOCK];
-    let mut put = |offset: usize, field: &[u8]| {
-        header[offset..offset + field.len()].copy_from_slice(field);
-    };
-    put(0, path.as_bytes()); // name
-    put(100, b"0000644\0"); // mode
-    put(108, b"0000000\0"); // uid
-    put(116, b"0000000\0"); // gid
-    put(124, format!("{:011o}\0", content.len()).as_bytes()); // size
-    put(136, b"00000000000\0"); // mtime
-    put(148, b"        "); // checksum, counted as spaces
-    put(156, b"0"); // typeflag: regular file
-    put(257, b"ustar\0"); // magic
-    put(263, b"00"); // version
-    put(265, b"root"); // uname
-    put(297, b"root"); // gname
-    let checksum: u32 = header.iter().map(|&b| u32::from(b)).sum();
-    header[148..156].copy_from_slice(format!("{checksum:06o}\0 ").as_bytes());
-
-    let padded = content.len().div_ceil(BLOCK) * BLOCK;
-    let mut tar = Vec::with_capacity(BLOCK + padded + 2 * BLOCK);
-    tar.extend_from_slice(&header);
-    tar.extend_from_slice(content);
-    tar.resize(BLOCK + padded + 2 * BLOCK, 0);
-    Ok(tar)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn tar_is_read_by_gnu_tar() {
-        let tar = single_file_tar("etc/dctest-image", b"hello\n").expect("tar");
-        assert_eq!(tar.len() % 512, 0);
-        let mut child = Command::new("tar")
-            .args(["-xOf", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run tar");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(&tar)
-            .expect("write tar");
-        let output = child.wait_with_output().expect("tar output");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(
-            output.stderr.is_empty(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert_eq!(output.stdout, b"hello\n");
-    }
 
     #[test]
     fn names_follow_the_distribution_grammar() {

@@ -1,14 +1,20 @@
 //! The machine fixtures themselves: two machines booted with systemd as PID 1 on the private
 //! network, reaching each other and the bridge's namespace; units, journals and faults; and
-//! nothing left behind after drop.
+//! nothing left behind after drop. And the mirror's images run in a machine by podman, each
+//! answering its own repository and tag.
 
 use std::io::{Read as _, Write as _};
-use std::net::SocketAddrV4;
+use std::net::{SocketAddrV4, TcpStream};
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dctest::machine::{layers_dir, sweep_leftovers};
-use dctest::{BaseImage, Lan, Machine};
+use dctest::service_elf::{http_response, service_body};
+use dctest::{service_port, write_oci_layout, BaseImage, Lan, Machine};
+
+/// The tests boot machines one test at a time (a machine's boot takes a core for seconds).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// `bash`'s /dev/tcp from inside a machine: connects to `addr`, sends a line, prints what
 /// comes back; gives up after 3 s.
@@ -35,6 +41,7 @@ fn serve(listener: std::net::TcpListener, reply: &'static str) {
 
 #[test]
 fn machines_boot_talk_fail_and_vanish() -> dctest::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     sweep_leftovers();
     let base = BaseImage::ensure()?;
     let layers = layers_dir()?;
@@ -164,5 +171,101 @@ fn machines_boot_talk_fail_and_vanish() -> dctest::Result<()> {
         "mounts left behind"
     );
     assert!(!layer_dir.exists());
+    Ok(())
+}
+
+/// `GET /` of `addr` from the bridge's namespace (a client on the network), retried until it
+/// answers or 20 s passed; returns the whole response.
+fn http_get(lan: &Lan, addr: SocketAddrV4) -> dctest::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let attempt = lan.bridge().run(|| -> std::io::Result<String> {
+            let mut stream = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(b"GET / HTTP/1.0\r\nHost: dctest\r\n\r\n")?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            Ok(answer)
+        })?;
+        match attempt {
+            Ok(answer) => return Ok(answer),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("{addr}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("{addr} never answered: {e}"),
+        }
+    }
+}
+
+#[test]
+fn mirror_images_run_in_podman_and_answer_their_repository_and_tag() -> dctest::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    sweep_leftovers();
+    let base = BaseImage::ensure()?;
+    let layers = layers_dir()?;
+    let lan = Lan::create()?;
+    let mut machine = Machine::create(&base, &lan, layers.path(), "images", 0)?;
+    // Three images as OCI layouts, as the worker's step 1 leaves them: two tags of one
+    // repository and another repository.
+    let images = [
+        ("etcd-old", "cybozu/etcd", "3.5.15.1"),
+        ("etcd-new", "cybozu/etcd", "3.5.16.1"),
+        ("vault", "cybozu/vault", "1.18.1.1"),
+    ];
+    for (dir, repository, tag) in images {
+        write_oci_layout(
+            &machine.root().join("var/lib/dctest/images").join(dir),
+            repository,
+            tag,
+        )?;
+    }
+    machine.boot()?;
+    let run = |name: &str, dir: &str, tag: &str| {
+        machine.exec_ok(&[
+            "podman",
+            "run",
+            "-d",
+            "--rm",
+            &format!("--name={name}"),
+            "--network=host",
+            "--pull=never",
+            &format!("oci:/var/lib/dctest/images/{dir}:{tag}"),
+            // What the units pass after the image: the program ignores it.
+            "--name",
+            "boot-0",
+        ])
+    };
+    let etcd = SocketAddrV4::new(machine.address(), service_port("cybozu/etcd"));
+    let vault = SocketAddrV4::new(machine.address(), service_port("cybozu/vault"));
+    assert_ne!(etcd.port(), vault.port());
+
+    run("etcd", "etcd-old", "3.5.15.1")?;
+    run("vault", "vault", "1.18.1.1")?;
+    assert_eq!(
+        http_get(&lan, etcd)?,
+        http_response(&service_body("cybozu/etcd", "3.5.15.1"))
+    );
+    assert!(http_get(&lan, etcd)?.ends_with("\r\n\r\ncybozu/etcd:3.5.15.1\n"));
+    assert!(http_get(&lan, vault)?.ends_with("\r\n\r\ncybozu/vault:1.18.1.1\n"));
+
+    // podman stop's SIGTERM ends the program at once (it is PID 1 of its container).
+    let stopping = Instant::now();
+    machine.exec_ok(&["podman", "stop", "etcd"])?;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "podman stop took {:?}",
+        stopping.elapsed()
+    );
+
+    // The other tag of the repository, on the same port, answers its own tag.
+    run("etcd", "etcd-new", "3.5.16.1")?;
+    let answer = http_get(&lan, etcd)?;
+    assert!(
+        answer.ends_with("\r\n\r\ncybozu/etcd:3.5.16.1\n"),
+        "{answer}"
+    );
+    assert!(!answer.contains("3.5.15.1"), "{answer}");
+    assert!(http_get(&lan, vault)?.ends_with("\r\n\r\ncybozu/vault:1.18.1.1\n"));
     Ok(())
 }

@@ -11,10 +11,10 @@ pub mod images {
         repository: Repository::new("ghcr.io/cybozu-go/coil"),
         tag: ImageTag::new("2.8.0"),
         digest: Digest::new(
-            "sha256:81a3c1f2cdc22a27aa89e8be1f42b5bc9fe1aec80093100090bffb6f08dc10c5",
+            "sha256:2fc4734c5d41670ab93cd021c48cec6e56e329464d1b72b7e765c693fb303659",
         ),
         private: false,
-        resolved: Date::new("2026-11-26"),
+        resolved: Date::new("2026-12-02"),
     };
     /// `ghcr.io/cybozu/bird:2.15.1.1`
     pub const BIRD: ContainerImage = ContainerImage {
@@ -22,10 +22,10 @@ pub mod images {
         repository: Repository::new("ghcr.io/cybozu/bird"),
         tag: ImageTag::new("2.15.1.1"),
         digest: Digest::new(
-            "sha256:e2458fe65e030355254ab69a6b68263ffe26956465d844bd7abc672ccd3f2d53",
+            "sha256:d26c7d6927c0343737c97eb82b9ab501cb2a284e963c92eb918759917d90461e",
         ),
         private: false,
-        resolved: Date::new("2026-11-26"),
+        resolved: Date::new("2026-12-02"),
     };
     /// `ghcr.io/cybozu/chrony:4.6.1.1`
     pub const CHRONY: ContainerImage = ContainerImage {
@@ -33,10 +33,10 @@ pub mod images {
         repository: Repository::new("ghcr.io/cybozu/chrony"),
         tag: ImageTag::new("4.6.1.1"),
         digest: Digest::new(
-            "sha256:a75087aa934531b4e4ab77e392cedaac496269e530f7ecf6f9bf6553f37f50b6",
+            "sha256:8e5e9ce8e4822e19fac6970e70591b40fe1857637b632eeec86845a24d861025",
         ),
         private: false,
-        resolved: Date::new("2026-11-26"),
+        resolved: Date::new("2026-12-02"),
     };
     /// `ghcr.io/cybozu/etcd:3.5.15.1`
     pub const ETCD: ContainerImage = ContainerImage {
@@ -44,10 +44,10 @@ pub mod images {
         repository: Repository::new("ghcr.io/cybozu/etcd"),
         tag: ImageTag::new("3.5.15.1"),
         digest: Digest::new(
-            "sha256:e57d31d0321af1b5d4297e25b63d89ecc9717487edf1b4b612484cdcdbc365f7",
+            "sha256:71b75f34b2c51977d0c7db5795937768e8b46350e698d96411688165e60af489",
         ),
         private: false,
-        resolved: Date::new("2026-11-26"),
+        resolved: Date::new("2026-12-02"),
     };
     /// `ghcr.io/cybozu/promtail:3.2.1.2`
     pub const PROMTAIL: ContainerImage = ContainerImage {
@@ -55,10 +55,10 @@ pub mod images {
         repository: Repository::new("ghcr.io/cybozu/promtail"),
         tag: ImageTag::new("3.2.1.2"),
         digest: Digest::new(
-            "sha256:ee491039adcf4871d586b9e6870122ee085da385bc15c87ffde92f6e151943dc",
+            "sha256:0126bbb795b57f2015789bbc7ee36084b9ae842e08383c37a26e86e74d255535",
         ),
         private: false,
-        resolved: Date::new("2026-11-26"),
+        resolved: Date::new("2026-12-02"),
     };
     /// `ghcr.io/cybozu-go/sabakan:3.1.4`
     pub const SABAKAN: ContainerImage = ContainerImage {
@@ -66,10 +66,10 @@ pub mod images {
         repository: Repository::new("ghcr.io/cybozu-go/sabakan"),
         tag: ImageTag::new("3.1.4"),
         digest: Digest::new(
-            "sha256:9aadd7324591dd15b86f5811070486c4cda4c73604f2022626fbba82e71b48bb",
+            "sha256:578534f680f5a0fc243b498d94c0d54d729550756c3e8701c006abf529638c3f",
         ),
         private: false,
-        resolved: Date::new("2026-11-26"),
+        resolved: Date::new("2026-12-02"),
     };
     /// `ghcr.io/cybozu/serf:0.10.1.7`
     pub const SERF: ContainerImage = ContainerImage {
@@ -77,10 +77,10 @@ pub mod images {
         repository: Repository::new("ghcr.io/cybozu/serf"),
         tag: ImageTag::new("0.10.1.7"),
         digest: Digest::new(
-            "sha256:a0e7c2a92e7d07e99644933aaa3764760d7ae79f4a7d0879cbb2c42a3805ecc3",
+            "sha256:5d3547a189fa7d0daa430880e16e2607a76109f3cbd43d9128e1083898f233a8",
         ),
         private: false,
-        resolved: Date::new("2026-11-26"),
+        resolved: Date::new("2026-12-02"),
     };
     /// `ghcr.io/cybozu-go/setup-hw:1.20.1`
     pub const SETUP_HW: ContainerImage = ContainerImage {
@@ -88,10 +88,10 @@ pub mod images {
         repository: Repository::new("ghcr.io/cybozu-go/setup-hw"),
         tag: ImageTag::new("1.20.1"),
         digest: Digest::new(
-            "sha256:359905f791ccd49c2e9e58b8cb085b9a35a080c5bca904e823602f3ae48ff36b",
+            "sha256:82e3b7169007a0b4a1d0bc489f70948da73caed2260bb419db5a7ce290fd4ba9",
         ),
         private: true,
-        resolved: Date::new("2026-11-26"),
+        resolved: Date::new("2026-12-02"),
     };
     /// `ghcr.io/cybozu/squid:6.12.0.2`
     pub const SQUID: ContainerImage = ContainerImage {
@@ -99,10 +99,10 @@ pub mod images {
         repository: Repository::new("ghcr.io/cybozu/squid"),
         tag: ImageTag::new("6.12.0.2"),
         digest: Digest::new(
-            "sha256:dab6f76c857238322f2c9641adeeba6d6f56cbdcb927f331f76568fb93a5e47e",
+            "sha256:31b0e1b391effffba827760d2d63ae1f8929c097444303a38c50e260f2943416",
         ),
         private: false,
-        resolved: Date::new("2026-11-26"),
+        resolved: Date::new("2026-12-02"),
     };
     /// `ghcr.io/cybozu/squid-exporter:1.0.7`
     pub const SQUID_EXPORTER: ContainerImage = ContainerImage {
@@ -110,10 +110,10 @@ pub mod images {
         repository: Repository::new("ghcr.io/cybozu/squid-exporter"),
         tag: ImageTag::new("1.0.7"),
         digest: Digest::new(
-            "sha256:e5094a2d884acbe3b22d4e8709d2673621c1e9be71249bd7cdb6be6b27ad4d8e",
+            "sha256:b51facc4538eb0c3629c51e8bdebc3a2061ad1ce08f4f0e179d9e3a5e5b0960f",
         ),
         private: false,
-        resolved: Date::new("2026-11-26"),
+        resolved: Date::new("2026-12-02"),
     };
     /// `ghcr.io/cybozu/vault:1.18.1.1`
     pub const VAULT: ContainerImage = ContainerImage {
@@ -121,10 +121,10 @@ pub mod images {
         repository: Repository::new("ghcr.io/cybozu/vault"),
         tag: ImageTag::new("1.18.1.1"),
         digest: Digest::new(
-            "sha256:7cd8dbbaf6825ed4227e4c1c6bdbc15eb4c3d411390d8997431bff37a08ab365",
+            "sha256:ba8e41a6ce5d1bad6c810b6e071c6deca20a1218a6b414ce8aa57acfccd0c353",
         ),
         private: false,
-        resolved: Date::new("2026-11-26"),
+        resolved: Date::new("2026-12-02"),
     };
     /// `ghcr.io/cybozu/cilium:1.14.14.1`
     pub const CILIUM: ContainerImage = ContainerImage {
@@ -132,10 +132,10 @@ pub mod images {
         repository: Repository::new("ghcr.io/cybozu/cilium"),
         tag: ImageTag::new("1.14.14.1"),
         digest: Digest::new(
-            "sha256:39df7b42a25dcbd8d68aa9700fdfb42a0fd212913683e04fe2c5c71ac0e7c9e7",
+            "sha256:e6f9854100d409efb9df9103f2b6ef1c10f9ed5bb31be164674867ab824b47fd",
         ),
         private: false,
-        resolved: Date::new("2026-11-26"),
+        resolved: Date::new("2026-12-02"),
     };
     /// `ghcr.io/cybozu/cilium-operator-generic:1.14.14.2`
     pub const CILIUM_OPERATOR_GENERIC: ContainerImage = ContainerImage {
@@ -143,10 +143,10 @@ pub mod images {
         repository: Repository::new("ghcr.io/cybozu/cilium-operator-generic"),
         tag: ImageTag::new("1.14.14.2"),
         digest: Digest::new(
-            "sha256:8eb8f305bdb9f18912914cbcfec4056a06e7b68e603fda042202db91db19ff1b",
+            "sha256:ac754a18e7916c2e3d90472f78710c3d7d003cb0903afa9b4268d3a1bf002180",
         ),
         private: false,
-        resolved: Date::new("2026-11-26"),
+        resolved: Date::new("2026-12-02"),
     };
     /// `ghcr.io/cybozu/hubble-relay:1.14.14.1`
     pub const HUBBLE_RELAY: ContainerImage = ContainerImage {
@@ -154,10 +154,10 @@ pub mod images {
         repository: Repository::new("ghcr.io/cybozu/hubble-relay"),
         tag: ImageTag::new("1.14.14.1"),
         digest: Digest::new(
-            "sha256:24714d828e40d0ee8d9dee9449b23292c48704da2a18f9fee735506391fb9742",
+            "sha256:e07ab428fdcc14362c9b2b8083ab9194d1d61b1e32fcec35b87b07366e8d3cef",
         ),
         private: false,
-        resolved: Date::new("2026-11-26"),
+        resolved: Date::new("2026-12-02"),
     };
     /// `ghcr.io/cybozu/cilium-certgen:0.1.14.1`
     pub const CILIUM_CERTGEN: ContainerImage = ContainerImage {
@@ -165,10 +165,10 @@ pub mod images {
         repository: Repository::new("ghcr.io/cybozu/cilium-certgen"),
         tag: ImageTag::new("0.1.14.1"),
         digest: Digest::new(
-            "sha256:de6124949f24fab39124761175f6bd6070c96623004df407b758bf4127fb2c6e",
+            "sha256:4c1c87c4481f9b38b64af35f9fcf21715ecb12f097a17fb6cd012ce4114080dc",
         ),
         private: false,
-        resolved: Date::new("2026-11-26"),
+        resolved: Date::new("2026-12-02"),
     };
 }
 /// Debian packages, in the order of `artifacts.toml`.
