@@ -236,7 +236,7 @@ mod tests {
     fn unit_names_the_pinned_reference() {
         let unit = render_unit(
             &ServiceSpec {
-                name: "etcd",
+                name: "etcd-container",
                 image: &ETCD,
                 args: &["--name", "boot-0"],
             },
@@ -244,7 +244,7 @@ mod tests {
         );
         assert!(unit.contains("ghcr.io/cybozu/etcd:3.5.15.1@sha256:e57d31d0"));
         assert!(unit.contains(
-            "ExecStart=/usr/bin/podman run --rm --name=etcd --network=host --pull=never oci:/var/lib/neco/images/etcd:3.5.15.1 --name boot-0\n"
+            "ExecStart=/usr/bin/podman run --rm --name=etcd-container --network=host --pull=never oci:/var/lib/neco/images/etcd:3.5.15.1 --name boot-0\n"
         ));
     }
 
@@ -255,28 +255,34 @@ mod tests {
             path: root.path().join("var/log/neco/services.log"),
         };
         let old = [ServiceSpec {
-            name: "etcd",
+            name: "etcd-container",
             image: &ETCD,
             args: &[],
         }];
         assert_eq!(
             update_services(root.path(), &old, &log).unwrap(),
-            vec!["etcd"]
+            vec!["etcd-container"]
         );
         assert!(update_services(root.path(), &old, &log).unwrap().is_empty());
         let new = [ServiceSpec {
-            name: "etcd",
+            name: "etcd-container",
             image: &ETCD_NEW,
             args: &[],
         }];
         assert_eq!(
             update_services(root.path(), &new, &log).unwrap(),
-            vec!["etcd"]
+            vec!["etcd-container"]
         );
         let actions = std::fs::read_to_string(&log.path).unwrap();
-        assert_eq!(actions, "restart etcd.service\nrestart etcd.service\n");
-        let unit =
-            std::fs::read_to_string(root.path().join("etc/systemd/system/etcd.service")).unwrap();
+        assert_eq!(
+            actions,
+            "restart etcd-container.service\nrestart etcd-container.service\n"
+        );
+        let unit = std::fs::read_to_string(
+            root.path()
+                .join("etc/systemd/system/etcd-container.service"),
+        )
+        .unwrap();
         assert!(unit.contains("3.5.16.1"));
     }
 }

@@ -67,8 +67,10 @@ pub fn final_step() -> u32 {
 pub fn services() -> Vec<ServiceSpec> {
     use artifacts::images as i;
     vec![
+        // neco's name: Debian's etcd package has its own etcd.service, which a unit named
+        // etcd.service here would override.
         ServiceSpec {
-            name: "etcd",
+            name: "etcd-container",
             image: &i::ETCD,
             args: &[],
         },

@@ -466,12 +466,12 @@ async fn step3_writes_units_and_restarts_only_changed_services() {
     let vault = unit("vault");
     let rendered = std::fs::read_to_string(&vault).unwrap();
     std::fs::write(&vault, "[Service]\nExecStart=/bin/false\n").unwrap();
-    let etcd_unit = std::fs::metadata(unit("etcd")).unwrap();
+    let etcd_unit = std::fs::metadata(unit("etcd-container")).unwrap();
     ctx.run(Step::Services, V).await.unwrap();
     let actions = server.actions();
     assert_eq!(actions[all.len()..], ["restart vault.service".to_owned()]);
     assert_eq!(std::fs::read_to_string(&vault).unwrap(), rendered);
-    let after = std::fs::metadata(unit("etcd")).unwrap();
+    let after = std::fs::metadata(unit("etcd-container")).unwrap();
     assert_eq!(
         (after.ino(), after.mtime_nsec()),
         (etcd_unit.ino(), etcd_unit.mtime_nsec()),
