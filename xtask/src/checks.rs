@@ -118,8 +118,11 @@ fn info(deb: &Path, meta: &Meta) -> anyhow::Result<()> {
         "Maintainer: {:?}",
         field("Maintainer")
     );
+    let depends = depended_packages(&field("Depends"));
     ensure!(
-        field("Depends").contains("libc6 (>= ") && field("Depends").contains("libgcc-s1"),
+        field("Depends").contains("libc6 (>= ")
+            && depends.iter().any(|p| p == "libgcc-s1")
+            && depends.iter().any(|p| p == "podman"),
         "Depends: {:?}",
         field("Depends")
     );

@@ -25,6 +25,9 @@ pub const BINARIES: [(&str, &str); 3] = [
 pub const UNITS: [&str; 2] = ["neco-updater.service", "neco-worker.service"];
 /// Where the units go (Debian 12 keeps packaged units in /lib/systemd/system).
 pub const UNIT_DIR: &str = "lib/systemd/system";
+/// Packages the package needs at run time besides the shared libraries `dpkg-shlibdeps` finds:
+/// podman runs the units neco-worker's step 3 writes (`ExecStart=/usr/bin/podman run …`).
+pub const RUNTIME_DEPENDS: [&str; 1] = ["podman"];
 const DOC_DIR: &str = "usr/share/doc/neco";
 const DEB_CONTENT_TYPE: &str = "application/vnd.debian.binary-package";
 
@@ -202,7 +205,7 @@ pub fn stage(root: &Path, binaries: &Path, meta: &Meta, work: &Path) -> anyhow::
     gzip(&plain, &tree.join(DOC_DIR).join("changelog.Debian.gz"))?;
 
     write_md5sums(&tree)?;
-    let depends = shlib_depends(work, &tree)?;
+    let depends = depends(&shlib_depends(work, &tree)?);
     let installed_size = installed_size_kib(&tree)?.to_string();
     let mut control_values = values.to_vec();
     control_values.push(("DEPENDS", &depends));
@@ -285,6 +288,14 @@ fn shlib_depends(work: &Path, tree: &Path) -> anyhow::Result<String> {
     }
     let output = output_of(&mut command)?;
     parse_shlibs(&output)
+}
+
+/// `Depends:`: the shared libraries' packages (`dpkg-shlibdeps`), then [`RUNTIME_DEPENDS`].
+fn depends(shlibs: &str) -> String {
+    std::iter::once(shlibs)
+        .chain(RUNTIME_DEPENDS)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The value of `shlibs:Depends=…` in `dpkg-shlibdeps -O` output.
@@ -534,6 +545,14 @@ mod tests {
         );
         assert!(parse_shlibs("").is_err());
         assert!(parse_shlibs("shlibs:Depends=\n").is_err());
+    }
+
+    #[test]
+    fn depends_adds_podman_to_the_shared_libraries() {
+        assert_eq!(
+            depends("libc6 (>= 2.34), libgcc-s1 (>= 4.2)"),
+            "libc6 (>= 2.34), libgcc-s1 (>= 4.2), podman"
+        );
     }
 
     #[test]

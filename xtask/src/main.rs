@@ -232,6 +232,9 @@ const TEST_PACKAGES: &[&str] = &[
     "binutils",
     "lintian",
     "systemd",
+    // The package depends on podman (its checks copy the host's dpkg status of every
+    // dependency); worker's test of step 3's units verifies their /usr/bin/podman.
+    "podman",
     // check-jsonschema (from PyPI, into a virtualenv) validates .circleci/config.yml.
     "python3-venv",
     // The machines of dctest: their root file system, systemd-nspawn, network namespaces.
