@@ -118,7 +118,7 @@ fn info(deb: &Path, meta: &Meta) -> anyhow::Result<()> {
         "Maintainer: {:?}",
         field("Maintainer")
     );
-    let depends = depended_packages(&field("Depends"));
+    let depends = depended_packages(field("Depends"));
     ensure!(
         field("Depends").contains("libc6 (>= ")
             && depends.iter().any(|p| p == "libgcc-s1")
