@@ -372,7 +372,7 @@ const SUITES: [&str; 6] = [
 
 fn suite_summary(suite: &str) -> &'static str {
     match suite {
-        "machines" => "two machines boot with systemd as PID 1 on the private network; they reach each other and the bridge; unit state, journal, systemctl kill, cut/heal, power off, kill; nothing left behind",
+        "machines" => "two machines boot with systemd as PID 1 on the private network; they reach each other and the bridge; unit state, journal, systemctl kill, cut/heal, power off, kill; nothing left behind; the mirror's images run under podman and answer their repository and tag",
         "bootstrap" => "on machines: dpkg -i starts both daemons under systemd; neco setup 0 1 2; the first update completes; images, service units running, debs, sabakan contents, notification",
         "upgrade" => "on machines: prod ignores a pre-release; staging self-updates every server under systemd (worker exit 10 and restart, updater restarted by the package, once each), all steps complete; promotion to prod",
         "functions" => "on machines: a broken image aborts, notifies and completes after neco recover; a dead worker stops the update within seconds",
