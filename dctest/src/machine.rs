@@ -46,14 +46,16 @@ pub const BASE_PACKAGES: &[&str] = &[
     "libgcc-s1",
 ];
 /// Files written into the base image after mmdebstrap, with their contents: podman runs
-/// without cgroups of its own (crun cannot create them inside systemd-nspawn) and on the vfs
+/// without cgroups of its own (crun cannot create them inside systemd-nspawn) and without a
+/// session keyring per container (systemd-nspawn's seccomp filter refuses keyctl), on the vfs
 /// storage driver (overlay on overlayfs is refused); the journal stays in memory; nothing
 /// tries to reach the internet on a timer; etcd starts only on the machines that configure it.
 const BASE_FILES: &[(&str, &str)] = &[
     (
         "etc/containers/containers.conf",
-        "# dctest machines: crun cannot create cgroups inside systemd-nspawn.\n\
-         [containers]\ncgroups = \"disabled\"\n",
+        "# dctest machines: crun cannot create cgroups inside systemd-nspawn, and its seccomp\n\
+         # filter refuses the session keyring crun would create for each container.\n\
+         [containers]\ncgroups = \"disabled\"\nkeyring = false\n",
     ),
     (
         "etc/containers/storage.conf",

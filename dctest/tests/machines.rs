@@ -221,11 +221,17 @@ fn mirror_images_run_in_podman_and_answer_their_repository_and_tag() -> dctest::
         )?;
     }
     machine.boot()?;
+    // Under the machine's systemd, as step 3's units run them (not from `nsenter`, which
+    // would miss what systemd-nspawn imposes on the machine's services, such as its seccomp
+    // filter).
     let run = |name: &str, dir: &str, tag: &str| {
         machine.exec_ok(&[
+            "systemd-run",
+            "--quiet",
+            "--collect",
+            &format!("--unit=dctest-{dir}"),
             "podman",
             "run",
-            "-d",
             "--rm",
             &format!("--name={name}"),
             "--network=host",
