@@ -645,11 +645,21 @@ impl Machine {
 
     /// Kills the machine at once (SIGKILL to `systemd-nspawn`): every process in it dies
     /// without a chance to stop cleanly, as on a power cut.
+    ///
+    /// The machine's PID 1 is killed too: systemd-nspawn's death alone does not end it (it is
+    /// reparented and the machine runs on, out of reach). Killing the init of a PID namespace
+    /// ends every process in it.
     pub fn kill(&mut self) -> Result<()> {
+        if let Some(leader) = self.leader.take() {
+            let pid = rustix::process::Pid::from_raw(i32::try_from(leader).unwrap_or(0));
+            if let Some(pid) = pid {
+                // ESRCH: it ended already.
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
         if let Some(mut nspawn) = self.nspawn.take() {
             nspawn.kill()?;
         }
-        self.leader = None;
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 //! answering its own repository and tag.
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddrV4, TcpStream};
+use std::net::SocketAddrV4;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -143,8 +143,20 @@ fn machines_boot_talk_fail_and_vanish() -> dctest::Result<()> {
     assert!(leader.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()));
     m1.boot()?;
     assert_eq!(m1.exec_ok(&["hostname"])?.trim(), "m1");
+    let leader = m1.leader();
     m1.kill()?;
     assert!(!m1.is_running());
+    // Its PID 1 (and so every process of the machine) is gone, not orphaned.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while leader.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        leader.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
+        "the killed machine's systemd {leader:?} still runs"
+    );
     assert!(
         m1.exec(&["true"]).is_err(),
         "no commands in a killed machine"
@@ -174,28 +186,9 @@ fn machines_boot_talk_fail_and_vanish() -> dctest::Result<()> {
     Ok(())
 }
 
-/// `GET /` of `addr` from the bridge's namespace (a client on the network), retried until it
-/// answers or 20 s passed; returns the whole response.
+/// `GET /` of `addr` from the bridge's namespace (a client on the network).
 fn http_get(lan: &Lan, addr: SocketAddrV4) -> dctest::Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let attempt = lan.bridge().run(|| -> std::io::Result<String> {
-            let mut stream = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))?;
-            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-            stream.write_all(b"GET / HTTP/1.0\r\nHost: dctest\r\n\r\n")?;
-            let mut answer = String::new();
-            stream.read_to_string(&mut answer)?;
-            Ok(answer)
-        })?;
-        match attempt {
-            Ok(answer) => return Ok(answer),
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("{addr}: {e}; retrying");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(e) => panic!("{addr} never answered: {e}"),
-        }
-    }
+    lan.bridge().http_get(addr, Duration::from_secs(20))
 }
 
 #[test]
