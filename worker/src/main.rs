@@ -27,6 +27,9 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
 /// How often the worker looks at the dpkg database while dpkg installs the neco package.
 const PACKAGE_POLL: Duration = Duration::from_secs(1);
+/// For how long after the start "not installed" is asked again before it is believed (see
+/// [`neco_package`]).
+const NOT_INSTALLED_RECHECK: Duration = Duration::from_secs(3);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -91,6 +94,7 @@ enum Package {
 /// is configured. An error when it is not installed.
 async fn neco_package(root: &Path) -> Result<Package, String> {
     let mut waited = false;
+    let started = std::time::Instant::now();
     loop {
         let status = {
             let root = root.to_path_buf();
@@ -125,6 +129,13 @@ async fn neco_package(root: &Path) -> Result<Package, String> {
                     );
                     waited = true;
                 }
+                tokio::time::sleep(PACKAGE_POLL).await;
+            }
+            // dpkg-query reads the status file and then the journal of updates, so during a
+            // checkpoint of a running dpkg it may find neither (measured: a worker started by
+            // a first install's postinst once saw no record at all). Asked again before the
+            // answer counts.
+            Startup::NotInstalled if started.elapsed() < NOT_INSTALLED_RECHECK => {
                 tokio::time::sleep(PACKAGE_POLL).await;
             }
             Startup::NotInstalled => {
