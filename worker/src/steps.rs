@@ -206,8 +206,13 @@ impl StepContext<'_> {
                 .await
                 .map_err(|e| Self::fail(step, e))?;
             let cached = self.root.join(debs::CACHE_DIR).join(deb.asset.as_str());
-            let installed = neco::dpkg::installed_version(&self.root, name)
-                .map_err(|e| Self::fail(step, format!("{name}: {e}")))?;
+            let installed = {
+                let (root, package) = (self.root.clone(), name.to_owned());
+                tokio::task::spawn_blocking(move || neco::dpkg::installed_version(&root, &package))
+                    .await
+                    .map_err(|e| Self::fail(step, format!("{name}: dpkg-query: {e}")))?
+                    .map_err(|e| Self::fail(step, format!("{name}: {e}")))?
+            };
             if recorded.as_deref() == Some(deb.release.as_str())
                 && installed.is_some()
                 && cached.exists()
