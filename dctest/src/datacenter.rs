@@ -51,6 +51,8 @@ const FAILURE_LOG_LINES: usize = 150;
 pub const KEEP_ENV: &str = "DCTEST_KEEP";
 /// The package file of the neco package under test, when set.
 pub const DEB_ENV: &str = "NECO_DEB";
+/// How long a service of the pins may take to answer.
+const SERVICE_ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long both daemons of a new boot server may take to become active.
 const DAEMONS_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -308,6 +310,23 @@ impl DataCenter {
     pub fn status_json(&self, lrn: u32) -> Result<serde_json::Value> {
         let text = self.neco_ok(lrn, &["status", "--json"])?;
         Ok(serde_json::from_str(&text)?)
+    }
+
+    /// What the service of `repository` (an image of the mirror, `cybozu/etcd` or
+    /// `ghcr.io/cybozu/etcd`) answers on boot server `lrn`, asked from the network on its port
+    /// ([`crate::service_port`]): the body, `<repository>:<tag>\n` of the image that runs.
+    pub fn service_answer(&self, lrn: u32, repository: &str) -> Result<String> {
+        let addr = std::net::SocketAddrV4::new(
+            boot_server::address(lrn)?,
+            crate::service_port(repository),
+        );
+        let response = self.lan.bridge().http_get(addr, SERVICE_ANSWER_TIMEOUT)?;
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("http://{addr}/ answered no HTTP: {response:?}"))
+            })
     }
 
     /// Probes every [`POLL_INTERVAL`] until `probe` returns `Ok`; `Err(reason)` means "not

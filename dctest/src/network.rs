@@ -19,6 +19,7 @@
 //! the machines from the bridge's namespace ([`Lan::bind`]) while the host's own interfaces
 //! stay untouched.
 
+use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -116,6 +117,34 @@ impl NetNs {
     pub fn bind(&self, addr: SocketAddrV4) -> Result<TcpListener> {
         self.run(|| TcpListener::bind(addr))?
             .map_err(Error::io(format!("bind {addr} in {}", self.name)))
+    }
+
+    /// `GET /` of `addr` from this namespace over HTTP/1.0, retried until it answers or
+    /// `timeout` passed; returns the whole response (status line, headers and body).
+    pub fn http_get(&self, addr: SocketAddrV4, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let attempt = self.run(|| -> std::io::Result<String> {
+                let mut stream =
+                    TcpStream::connect_timeout(&SocketAddr::V4(addr), Duration::from_secs(2))?;
+                stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                stream.write_all(b"GET / HTTP/1.0\r\nHost: dctest\r\n\r\n")?;
+                let mut answer = String::new();
+                stream.read_to_string(&mut answer)?;
+                Ok(answer)
+            })?;
+            match attempt {
+                Ok(answer) => return Ok(answer),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(Error::Timeout {
+                        what: format!("an answer of http://{addr}/ in {}", self.name),
+                        timeout,
+                        last_error: e.to_string(),
+                    })
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
     }
 
     /// Waits until something accepts TCP connections on `addr`, as seen from this namespace.

@@ -213,6 +213,7 @@ fn upgrade() {
     common::assert_all_completed(&status, &v2, &dc.lrns());
     assert_eq!(status["latest"], v2.as_str());
     assert_self_updated(&dc, &v2, 1);
+    common::assert_services_run_the_pins(&dc, &common::Pins::release());
     for server in dc.servers() {
         let log = server.worker().log();
         assert!(
@@ -263,6 +264,7 @@ fn upgrade() {
     let promotion_took = promotion.elapsed();
     common::assert_all_completed(&status, &v3, &dc.lrns());
     assert_self_updated(&dc, &v3, 2);
+    common::assert_services_run_the_pins(&dc, &common::Pins::release());
     wait_for_success_notification(&dc, &v3);
 
     eprintln!(

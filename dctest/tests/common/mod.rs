@@ -228,3 +228,58 @@ pub fn setup(dc: &DataCenter) -> Value {
     eprintln!("dctest: neco setup: {}", out.trim());
     wait_completed(dc, 0, dc.version())
 }
+
+/// Step 3 on every boot server: each unit file names a pinned image, its unit runs, and its
+/// service answers on the network with that image's repository and pinned tag. The message of
+/// a failure names the server and the service.
+pub fn assert_services_run_the_pins(dc: &DataCenter, pins: &Pins) {
+    for server in dc.servers() {
+        let units = server.unit_files().unwrap();
+        assert!(
+            !units.is_empty(),
+            "boot server {}: no unit files",
+            server.lrn()
+        );
+        for path in &units {
+            let unit = path.file_name().unwrap().to_str().unwrap();
+            let text = std::fs::read_to_string(path).unwrap();
+            let image = pins
+                .images
+                .iter()
+                .find(|i| {
+                    text.contains(&format!("/{}:{} ", i.name, i.tag))
+                        || text.contains(&format!("/{}:{}\n", i.name, i.tag))
+                })
+                .unwrap_or_else(|| {
+                    panic!(
+                        "boot server {}: {unit} runs no pinned image:\n{text}",
+                        server.lrn()
+                    )
+                });
+            let service = server.unit(unit);
+            let state = service.state().unwrap();
+            assert_eq!(
+                (state.active.as_str(), state.sub.as_str()),
+                ("active", "running"),
+                "boot server {}: {unit}: {state:?}\n{}",
+                server.lrn(),
+                service.journal()
+            );
+            let repository = image
+                .repository
+                .split_once('/')
+                .map_or(image.repository.as_str(), |(_, path)| path);
+            let answer = dc
+                .service_answer(server.lrn(), &image.repository)
+                .unwrap_or_else(|e| panic!("boot server {}: {unit}: {e}", server.lrn()));
+            assert_eq!(
+                answer,
+                format!("{repository}:{}\n", image.tag),
+                "boot server {}: {unit} answers another image than the pinned {}:{}",
+                server.lrn(),
+                image.repository,
+                image.tag
+            );
+        }
+    }
+}
