@@ -561,15 +561,17 @@ impl DataCenter {
 
     fn create_server(&self, lrn: u32) -> Result<BootServer> {
         let setup = Setup {
-            config_toml: self.config_toml()?,
+            config_toml: self.config_toml(lrn)?,
             etcd_members: ETCD_MEMBERS.contains(&lrn).then(|| ETCD_MEMBERS.to_vec()),
             session_ttl: self.options.session_ttl,
         };
         BootServer::create(&self.base, &self.lan, self.dir(), lrn, &setup)
     }
 
-    /// `/etc/neco/config.toml` of every boot server.
-    fn config_toml(&self) -> Result<String> {
+    /// `/etc/neco/config.toml` of boot server `lrn`: every etcd member, its own first when
+    /// it runs one (the daemons use the first member that answers, so a server cut off or a
+    /// member killed affects the daemons that were using that member, not everyone's).
+    fn config_toml(&self, lrn: u32) -> Result<String> {
         use toml::Value;
         let table = |pairs: Vec<(&str, Value)>| {
             Value::Table(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
@@ -589,7 +591,7 @@ impl DataCenter {
                 "etcd",
                 table(vec![(
                     "endpoints",
-                    Value::Array(self.etcd.endpoints().iter().cloned().map(text).collect()),
+                    Value::Array(etcd_endpoints_of(lrn)?.into_iter().map(text).collect()),
                 )]),
             ),
             (
@@ -649,6 +651,19 @@ impl Drop for DataCenter {
             }
         }
     }
+}
+
+/// The etcd endpoints in boot server `lrn`'s configuration: its own member first when it runs
+/// one, then the others in LRN order.
+pub fn etcd_endpoints_of(lrn: u32) -> Result<Vec<String>> {
+    let mut members = ETCD_MEMBERS.to_vec();
+    if let Some(own) = members.iter().position(|m| *m == lrn) {
+        members.rotate_left(own);
+    }
+    members
+        .into_iter()
+        .map(boot_server::etcd_endpoint)
+        .collect()
 }
 
 /// Waits until both daemons of `server` are active (postinst started them).
@@ -783,6 +798,22 @@ fn publish(mirror: &Mirror, deb: &Path, prerelease: bool) -> Result<PublishedRel
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_member_lists_its_own_etcd_first() {
+        let first = |lrn| etcd_endpoints_of(lrn).expect("endpoints")[0].clone();
+        assert_eq!(first(0), "http://10.123.0.10:2379");
+        assert_eq!(first(2), "http://10.123.0.12:2379");
+        assert_eq!(first(3), "http://10.123.0.10:2379");
+        assert_eq!(
+            etcd_endpoints_of(1).expect("endpoints"),
+            vec![
+                "http://10.123.0.11:2379",
+                "http://10.123.0.12:2379",
+                "http://10.123.0.10:2379"
+            ]
+        );
+    }
 
     #[test]
     fn debian_version_order() {

@@ -591,10 +591,20 @@ impl Machine {
         self.exec_ok(&["journalctl", "--no-pager", "--output=short-precise"])
     }
 
-    /// Sends `signal` (e.g. `SIGKILL`) to every process of `unit` (`systemctl kill`).
+    /// Sends `signal` (e.g. `SIGKILL`) to the main process of `unit` (`systemctl kill
+    /// --kill-who=main`): a daemon that dies, which systemd then handles as its unit says.
+    /// (Inside systemd-nspawn, signalling a whole control group fails with "Input/output
+    /// error" from `cgroup.kill`, so every process of a unit cannot be signalled at once.)
     pub fn kill_unit(&self, unit: &str, signal: &str) -> Result<()> {
-        self.exec_ok(&["systemctl", "kill", "--signal", signal, unit])
-            .map(drop)
+        self.exec_ok(&[
+            "systemctl",
+            "kill",
+            "--kill-who=main",
+            "--signal",
+            signal,
+            unit,
+        ])
+        .map(drop)
     }
 
     /// The memory its processes use: the sum of their proportional set sizes (`Pss` of

@@ -74,7 +74,7 @@ fn a_broken_image_aborts_and_neco_recover_completes_once_it_is_fixed() {
 
     // The first update aborts at step 1, the updater stops it and says why.
     setup(&dc);
-    let status = wait_stopped(&dc, &version, common::UPDATE_TIMEOUT);
+    let status = wait_stopped(&dc, 0, &version, common::UPDATE_TIMEOUT);
     let aborted_at = started.elapsed();
     assert_eq!(status["request"]["state"], "aborted", "{status:#}");
     let statuses = worker_statuses(&dc);
@@ -225,7 +225,7 @@ fn a_worker_dying_in_the_middle_of_a_step_stops_the_update_within_seconds() {
     assert_eq!(exits[0].signal, Some(9), "{pid}: {exits:?}");
 
     // Its liveness key expires and the updater stops the update.
-    let status = wait_stopped(&dc, &version, Duration::from_secs(60));
+    let status = wait_stopped(&dc, 0, &version, Duration::from_secs(60));
     let stopped_after = killed_at.elapsed();
     assert!(
         stopped_after <= DEAD_WORKER_STOPPED_WITHIN,
@@ -337,7 +337,7 @@ fn a_worker_dead_before_the_request_stops_the_update_after_the_grace_time() {
     // the end of the grace time (30 s after the request) can tell the updater it is dead.
     let requested = Instant::now();
     setup(&dc);
-    let status = wait_stopped(&dc, &version, LIVENESS_GRACE + Duration::from_secs(30));
+    let status = wait_stopped(&dc, 0, &version, LIVENESS_GRACE + Duration::from_secs(30));
     let stopped_after = requested.elapsed();
     assert!(
         stopped_after >= LIVENESS_GRACE - Duration::from_secs(2),

@@ -65,10 +65,11 @@ pub fn wait_for_failure(dc: &DataCenter, version: &str) -> String {
     .unwrap()
 }
 
-/// Waits until `neco status` reports the update to `version` stopped and returns the report.
-pub fn wait_stopped(dc: &DataCenter, version: &str, timeout: Duration) -> Value {
+/// Waits until `neco status` on boot server `lrn` reports the update to `version` stopped and
+/// returns the report.
+pub fn wait_stopped(dc: &DataCenter, lrn: u32, version: &str, timeout: Duration) -> Value {
     dc.wait_until("the updater stopped the update", timeout, |dc| {
-        let status = dc.status_json(0).map_err(|e| e.to_string())?;
+        let status = dc.status_json(lrn).map_err(|e| e.to_string())?;
         match super::request_of(&status) {
             Some((v, _, true)) if v == version => Ok(status),
             Some((v, state, _)) if v == version && state == "completed" => {
