@@ -431,6 +431,11 @@ impl DataCenter {
             .map(drop)
     }
 
+    /// Makes the etcd member of boot server `lrn` the raft leader (`etcdctl move-leader`).
+    pub fn move_etcd_leader(&self, lrn: u32) -> Result<()> {
+        self.etcd.move_leader_to(&boot_server::etcd_endpoint(lrn)?)
+    }
+
     /// The boot server whose updater holds `leader/updater/`: the oldest key of the election,
     /// found in the journal of the updater that logged it when it became the leader. For a
     /// leader that was just killed, this is its server until its session TTL expires.

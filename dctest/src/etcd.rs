@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::process::{free_port, ChildGuard};
 use crate::util::base64_decode;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -252,6 +253,25 @@ pub struct KeyValue {
 }
 
 #[derive(Deserialize)]
+struct RawEndpointStatus {
+    #[serde(rename = "Endpoint")]
+    endpoint: String,
+    #[serde(rename = "Status")]
+    status: RawStatus,
+}
+
+#[derive(Deserialize)]
+struct RawStatus {
+    header: RawHeader,
+    leader: u64,
+}
+
+#[derive(Deserialize)]
+struct RawHeader {
+    member_id: u64,
+}
+
+#[derive(Deserialize)]
 struct RawRange {
     #[serde(default)]
     kvs: Vec<RawKeyValue>,
@@ -328,6 +348,43 @@ impl EtcdClient {
             });
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// The endpoint of the member that is the raft leader now, and each endpoint's member id.
+    pub fn leader(&self) -> Result<(String, BTreeMap<String, u64>)> {
+        let text = self.etcdctl_output(&["endpoint", "status", "-w", "json"])?;
+        let statuses: Vec<RawEndpointStatus> = serde_json::from_str(&text)?;
+        let ids: BTreeMap<String, u64> = statuses
+            .iter()
+            .map(|s| (s.endpoint.clone(), s.status.header.member_id))
+            .collect();
+        let leader_id = statuses
+            .first()
+            .map(|s| s.status.leader)
+            .ok_or_else(|| Error::InvalidArgument("etcdctl endpoint status: no member".into()))?;
+        let leader = ids
+            .iter()
+            .find(|(_, id)| **id == leader_id)
+            .map(|(endpoint, _)| endpoint.clone())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("the leader {leader_id:x} is none of {ids:x?}"))
+            })?;
+        Ok((leader, ids))
+    }
+
+    /// Makes the member at `endpoint` the raft leader (`etcdctl move-leader`, sent to the
+    /// leader); nothing when it leads already.
+    pub fn move_leader_to(&self, endpoint: &str) -> Result<()> {
+        let (leader, ids) = self.leader()?;
+        if leader == endpoint {
+            return Ok(());
+        }
+        let target = ids.get(endpoint).ok_or_else(|| {
+            Error::InvalidArgument(format!("{endpoint} is not one of {:?}", self.endpoints))
+        })?;
+        EtcdClient::new(vec![leader], self.netns.as_deref())
+            .etcdctl_output(&["move-leader", &format!("{target:x}")])
+            .map(drop)
     }
 
     /// Every key under `prefix`, in key order.

@@ -87,3 +87,19 @@ fn webhook_sink_records_and_fails_on_demand() {
         Some("application/json")
     );
 }
+
+#[test]
+fn the_raft_leadership_moves_to_the_member_asked_for() {
+    let etcd = EtcdCluster::start(3).unwrap();
+    let client = etcd.client();
+    let (leader, ids) = client.leader().expect("endpoint status");
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    for target in etcd.endpoints().iter().filter(|e| **e != leader) {
+        client.move_leader_to(target).expect("move-leader");
+        assert_eq!(&client.leader().expect("endpoint status").0, target);
+    }
+    // Asked for the one that leads: nothing to do.
+    let (now, _) = client.leader().expect("endpoint status");
+    client.move_leader_to(&now).expect("move-leader to itself");
+    assert_eq!(client.leader().expect("endpoint status").0, now);
+}
