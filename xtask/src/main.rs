@@ -79,7 +79,7 @@ enum Cmd {
     /// Every selected suite runs, also after one fails. The summary, printed on success and on
     /// failure, ends with a table of the suites: result (passed / FAILED / not run, e.g. when
     /// the package did not build), duration and what each checks, then the wall time of the
-    /// suites against the goal of under 5 minutes for all of them. The command fails when any
+    /// suites against the goal of under 6 minutes for all of them. The command fails when any
     /// suite failed.
     Dctest {
         /// Run only this suite.
@@ -383,7 +383,8 @@ fn suite_summary(suite: &str) -> &'static str {
 }
 
 /// The goal for the wall time of all suites, one after the other.
-const SUITES_GOAL: Duration = Duration::from_secs(5 * 60);
+/// (Warm caches, 2 cores, the suites on machines.)
+const SUITES_GOAL: Duration = Duration::from_secs(6 * 60);
 
 /// How a dctest suite ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1043,8 +1044,8 @@ mod tests {
                 .collect()
         };
         let per_suite = SUITES_GOAL.as_secs() / SUITES.len() as u64;
-        assert!(suites_report(&all(per_suite - 1)).ends_with("in < 5 min: met\n"));
-        assert!(suites_report(&all(per_suite + 1)).ends_with("in < 5 min: NOT met\n"));
+        assert!(suites_report(&all(per_suite - 1)).ends_with("in < 6 min: met\n"));
+        assert!(suites_report(&all(per_suite + 1)).ends_with("in < 6 min: NOT met\n"));
         // Over the goal is over the goal, whatever else happened.
         let mut slow = all(per_suite + 5);
         slow[0].result = SuiteResult::Failed("exit status: 101".into());
