@@ -165,6 +165,32 @@ fn cut_off_in_the_middle_of_an_update(victim: Victim) {
         },
     )
     .unwrap();
+    // The workers that kept running finish step 1 and find the update stopped; only then does
+    // the operator recover (a status a worker writes for the stopped request after the new
+    // request exists would abort the new one: status writes guarded by their request are not
+    // built yet).
+    dc.wait_until(
+        "the workers that kept running end the stopped update",
+        Duration::from_secs(60),
+        |dc| {
+            let pending: Vec<u32> = alive
+                .iter()
+                .copied()
+                .filter(|&lrn| {
+                    !dc.server(lrn)
+                        .unwrap()
+                        .worker()
+                        .log()
+                        .contains("the request was stopped")
+                })
+                .collect();
+            pending
+                .is_empty()
+                .then_some(())
+                .ok_or_else(|| format!("not yet: {pending:?}"))
+        },
+    )
+    .unwrap();
     dc.neco_ok(0, &["recover"]).unwrap();
     let status = common::wait_completed(&dc, 0, &version);
     common::assert_all_completed(&status, &version, &[0, 1, 2]);
