@@ -210,10 +210,22 @@ fn bootstrap() {
         },
     )
     .unwrap();
+    // Memory per machine with everything running (daemons, etcd, the services of the pins).
+    let memory: Vec<String> = dc
+        .servers()
+        .map(|s| {
+            format!(
+                "{:.0}",
+                s.machine().memory().unwrap() as f64 / f64::from(1 << 20)
+            )
+        })
+        .collect();
     eprintln!(
-        "dctest: bootstrap: data center up in {:.1}s, update completed at {:.1}s, checks done at {:.1}s",
+        "dctest: bootstrap: data center up in {:.1}s, update completed at {:.1}s, checks done at \
+         {:.1}s; memory per machine (MiB): {}",
         up.as_secs_f64(),
         completed.as_secs_f64(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        memory.join(", ")
     );
 }
