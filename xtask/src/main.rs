@@ -377,7 +377,7 @@ fn suite_summary(suite: &str) -> &'static str {
         "upgrade" => "on machines: prod ignores a pre-release; staging self-updates every server under systemd (worker exit 10 and restart, updater restarted by the package, once each), all steps complete; promotion to prod",
         "functions" => "on machines: a broken image aborts, notifies and completes after neco recover; a dead worker stops the update within seconds",
         "datacenter" => "on machines: leader updater killed, worker killed (systemd restarts them), a new machine joins and leaves, one etcd member killed",
-        "partition" => "on machines: a worker's machine cut off in the middle of an update stops it within seconds, the failure names that server; healed, neco recover completes it",
+        "partition" => "on machines: a worker's machine, then the leader updater's, cut off in the middle of an update: stopped within seconds by the side with the quorum, the failure names that server; healed, neco recover completes it, each event notified once",
         _ => "",
     }
 }
