@@ -142,33 +142,14 @@ impl Registry {
             "create registry storage {}",
             storage.display()
         )))?;
-        std::fs::write(
-            &config_path,
-            config_yaml(format!("127.0.0.1:{port}"), &storage),
-        )
-        .map_err(Error::io(format!(
-            "write registry config {}",
-            config_path.display()
-        )))?;
-        let log =
-            File::create(&log_path).map_err(Error::io(format!("create {}", log_path.display())))?;
-        let log_err = log
-            .try_clone()
-            .map_err(Error::io(format!("duplicate {}", log_path.display())))?;
         let mut command = Command::new(binary);
-        command
-            .arg("serve")
-            .arg(&config_path)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err));
-        // Environment variables named REGISTRY_* override the config file.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("REGISTRY_") {
-                command.env_remove(key);
-            }
-        }
+        serve_command(
+            &mut command,
+            dir.path(),
+            &config_path,
+            &config_yaml(format!("127.0.0.1:{port}"), &storage),
+            &log_path,
+        )?;
         let mut child = ChildGuard::spawn("docker-registry", &mut command)?;
         match child.wait_for_http(&format!("http://127.0.0.1:{port}/v2/"), START_TIMEOUT) {
             Ok(()) => Ok((child, port)),
@@ -223,27 +204,14 @@ impl Registry {
     pub fn serve_in(&self, netns: &NetNs, addr: SocketAddrV4) -> Result<RegistryView> {
         let config_path = self.dir().join(format!("config-{}.yml", netns.name()));
         let log_path = self.dir().join(format!("registry-{}.log", netns.name()));
-        std::fs::write(&config_path, config_yaml(addr, &self.storage_dir)).map_err(Error::io(
-            format!("write registry config {}", config_path.display()),
-        ))?;
-        let log =
-            File::create(&log_path).map_err(Error::io(format!("create {}", log_path.display())))?;
-        let log_err = log
-            .try_clone()
-            .map_err(Error::io(format!("duplicate {}", log_path.display())))?;
         let mut command = netns.command(&self.binary);
-        command
-            .arg("serve")
-            .arg(&config_path)
-            .current_dir(self.dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("REGISTRY_") {
-                command.env_remove(key);
-            }
-        }
+        serve_command(
+            &mut command,
+            self.dir(),
+            &config_path,
+            &config_yaml(addr, &self.storage_dir),
+            &log_path,
+        )?;
         let name = format!("docker-registry in {}", netns.name());
         let mut child = ChildGuard::spawn(name.clone(), &mut command)?;
         if let Err(e) = netns.wait_for_port(addr, START_TIMEOUT) {
@@ -566,6 +534,41 @@ fn read_body(method: &str, url: &str, response: ureq::Response) -> Result<String
 }
 
 /// The registry configuration: loopback address, filesystem storage, deletes enabled.
+/// Completes `command` (docker-registry, directly or through nsenter) into
+/// `docker-registry serve CONFIG` with `config` written to `config_path`, run in `dir`, its
+/// output appended to `log_path`, and no `REGISTRY_*` variable of ours (they override the
+/// config file).
+fn serve_command(
+    command: &mut Command,
+    dir: &Path,
+    config_path: &Path,
+    config: &str,
+    log_path: &Path,
+) -> Result<()> {
+    std::fs::write(config_path, config).map_err(Error::io(format!(
+        "write registry config {}",
+        config_path.display()
+    )))?;
+    let log =
+        File::create(log_path).map_err(Error::io(format!("create {}", log_path.display())))?;
+    let log_err = log
+        .try_clone()
+        .map_err(Error::io(format!("duplicate {}", log_path.display())))?;
+    command
+        .arg("serve")
+        .arg(config_path)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("REGISTRY_") {
+            command.env_remove(key);
+        }
+    }
+    Ok(())
+}
+
 fn config_yaml(addr: impl std::fmt::Display, storage: &Path) -> String {
     format!(
         "version: 0.1

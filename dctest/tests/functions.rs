@@ -23,8 +23,9 @@
 mod common;
 
 use common::faults::{
-    notifications, prepare, setup, titles_of, wait_for_failure, wait_stopped, worker_statuses,
-    Frozen, DEAD_WORKER_STOPPED_WITHIN, FAILED, LIVENESS_GRACE, LIVENESS_TTL,
+    hold_every_worker_in_step_1, notifications, prepare, setup, titles_of, wait_for_failure,
+    wait_stopped, worker_statuses, DEAD_WORKER_STOPPED_WITHIN, FAILED, LIVENESS_GRACE,
+    LIVENESS_TTL,
 };
 use common::{Pins, BEGINS, SUCCEEDED};
 use serde_json::Value;
@@ -193,28 +194,7 @@ fn a_worker_dying_in_the_middle_of_a_step_stops_the_update_within_seconds() {
     prepare(&dc);
 
     // The registry stops answering: every worker stays inside step 1, fetching images.
-    let frozen = Frozen::new(
-        dc.mirror
-            .registry_view()
-            .expect("the registry of the network")
-            .pid(),
-    );
-    setup(&dc);
-    dc.wait_until("every worker runs step 1", Duration::from_secs(30), |dc| {
-        let status = dc.status_json(0).map_err(|e| e.to_string())?;
-        let running = status["request"]["statuses"].as_array().is_some_and(|s| {
-            s.len() == 3
-                && s.iter()
-                    .all(|s| s["step"] == 1 && s["condition"] == "running")
-        });
-        let inside = dc
-            .servers()
-            .all(|s| s.worker().log().contains("running step"));
-        (running && inside)
-            .then_some(())
-            .ok_or_else(|| status.to_string())
-    })
-    .unwrap();
+    let frozen = hold_every_worker_in_step_1(&dc);
 
     // Worker 2 dies there and is not started again.
     let killed_at = Instant::now();

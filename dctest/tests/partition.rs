@@ -27,8 +27,8 @@
 mod common;
 
 use common::faults::{
-    prepare, setup, titles_of, wait_for_failure, wait_stopped, Frozen, DEAD_WORKER_STOPPED_WITHIN,
-    FAILED,
+    hold_every_worker_in_step_1, prepare, titles_of, wait_for_failure, wait_stopped,
+    DEAD_WORKER_STOPPED_WITHIN, FAILED,
 };
 use common::{BEGINS, SUCCEEDED};
 use dctest::DataCenter;
@@ -92,23 +92,7 @@ fn cut_off_in_the_middle_of_an_update(victim: Victim) {
     prepare(&dc);
 
     // Every worker inside step 1: the registry of the network stops answering.
-    let frozen = Frozen::new(
-        dc.mirror
-            .registry_view()
-            .expect("the registry of the network")
-            .pid(),
-    );
-    setup(&dc);
-    dc.wait_until("every worker runs step 1", Duration::from_secs(30), |dc| {
-        let status = dc.status_json(0).map_err(|e| e.to_string())?;
-        let running = status["request"]["statuses"].as_array().is_some_and(|s| {
-            s.len() == 3
-                && s.iter()
-                    .all(|s| s["step"] == 1 && s["condition"] == "running")
-        });
-        running.then_some(()).ok_or_else(|| status.to_string())
-    })
-    .unwrap();
+    let frozen = hold_every_worker_in_step_1(&dc);
     assert_eq!(leader(&dc), leading, "the leader changed before the cut");
 
     // The server is cut off: the others stop the update within seconds.

@@ -139,3 +139,31 @@ fn signal(signal: &str, pid: u32) {
         .unwrap();
     assert!(status.success(), "kill {signal} {pid}: {status}");
 }
+
+/// The registry of the network stops answering, `neco setup 0 1 2` requests the update, and
+/// every worker is inside step 1, fetching images, until the returned guard is dropped.
+pub fn hold_every_worker_in_step_1(dc: &DataCenter) -> Frozen {
+    let frozen = Frozen::new(
+        dc.mirror
+            .registry_view()
+            .expect("the registry of the network")
+            .pid(),
+    );
+    setup(dc);
+    dc.wait_until("every worker runs step 1", Duration::from_secs(30), |dc| {
+        let status = dc.status_json(0).map_err(|e| e.to_string())?;
+        let running = status["request"]["statuses"].as_array().is_some_and(|s| {
+            s.len() == 3
+                && s.iter()
+                    .all(|s| s["step"] == 1 && s["condition"] == "running")
+        });
+        let inside = dc
+            .servers()
+            .all(|s| s.worker().log().contains("running step"));
+        (running && inside)
+            .then_some(())
+            .ok_or_else(|| status.to_string())
+    })
+    .unwrap();
+    frozen
+}
