@@ -69,13 +69,17 @@ const BASE_FILES: &[(&str, &str)] = &[
     ),
 ];
 /// Units masked in the base image (symlinks to /dev/null): timers that would try the
-/// internet, and podman's boot-time units, which nothing here uses.
+/// internet, podman's boot-time units, which nothing here uses, and the gate of interactive
+/// logins (nobody logs into these machines; commands enter them with nsenter). The last one
+/// failed once on a cold CI host (stop 14: "Permit User Sessions" failed, the boot degraded;
+/// the cause was not recorded, which boot diagnostics now would).
 const MASKED_UNITS: &[&str] = &[
     "apt-daily.timer",
     "apt-daily-upgrade.timer",
     "podman-auto-update.timer",
     "podman-auto-update.service",
     "podman-restart.service",
+    "systemd-user-sessions.service",
 ];
 /// Units the base image does not start at boot (the data center enables them where needed).
 const DISABLED_UNITS: &[&str] = &["etcd.service"];
