@@ -269,11 +269,6 @@ impl Daemon<'_> {
             .unwrap_or_default()
     }
 
-    /// What the daemon logged (the journal of [`Daemon::journal`]).
-    pub fn log(&self) -> String {
-        self.journal()
-    }
-
     /// How often systemd started it (`Started <unit>` in the journal).
     pub fn starts(&self) -> u32 {
         count_starts(&self.journal(), &self.unit)
@@ -300,10 +295,12 @@ impl Daemon<'_> {
                     what: format!("start #{starts} of {}", self.name()),
                     timeout,
                     last_error: format!(
-                        "started {started} times, {}/{}, exits {:?}",
+                        "started {started} times, {}/{} result {}, exits {:?}; journal:\n{}",
                         state.active,
                         state.sub,
-                        self.exits()
+                        state.result,
+                        self.exits(),
+                        crate::util::tail(&self.journal(), 30)
                     ),
                 });
             }

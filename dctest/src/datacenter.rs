@@ -448,7 +448,7 @@ impl DataCenter {
         let needle = format!("{}\"", leader.key);
         self.servers
             .values()
-            .find(|s| s.updater().log().contains(&needle))
+            .find(|s| s.updater().journal().contains(&needle))
             .map(|s| Some(s.lrn()))
             .ok_or_else(|| {
                 Error::InvalidArgument(format!(
@@ -671,30 +671,10 @@ pub fn etcd_endpoints_of(lrn: u32) -> Result<Vec<String>> {
         .collect()
 }
 
-/// Waits until both daemons of `server` are active (postinst started them).
+/// Waits until both daemons of `server` run (postinst started them).
 fn wait_daemons(server: &BootServer) -> Result<()> {
-    let deadline = Instant::now() + DAEMONS_TIMEOUT;
     for daemon in [server.updater(), server.worker()] {
-        loop {
-            let state = daemon.state()?;
-            if state.active == "active" && state.sub == "running" {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    what: format!("{} to run", daemon.name()),
-                    timeout: DAEMONS_TIMEOUT,
-                    last_error: format!(
-                        "{}/{} result {}; journal:\n{}",
-                        state.active,
-                        state.sub,
-                        state.result,
-                        tail(&daemon.journal(), 30)
-                    ),
-                });
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        daemon.wait_for_start(1, DAEMONS_TIMEOUT)?;
     }
     Ok(())
 }

@@ -28,13 +28,7 @@ fn bootstrap() {
     assert_eq!(lrns, vec![0, 1, 2]);
 
     // Nothing happens before the setup: no request, every worker alive and waiting.
-    dc.wait_until("every worker is alive", Duration::from_secs(20), |dc| {
-        let status = dc.status_json(0).map_err(|e| e.to_string())?;
-        (status["alive"] == serde_json::json!([0, 1, 2]) && status["request"].is_null())
-            .then_some(())
-            .ok_or_else(|| status.to_string())
-    })
-    .unwrap();
+    common::wait_idle(&dc);
 
     let status = common::setup(&dc);
     let completed = started.elapsed();

@@ -24,8 +24,8 @@ mod common;
 
 use common::faults::{
     hold_every_worker_in_step_1, notifications, prepare, setup, titles_of, wait_for_failure,
-    wait_stopped, worker_statuses, DEAD_WORKER_STOPPED_WITHIN, FAILED, LIVENESS_GRACE,
-    LIVENESS_TTL,
+    wait_for_success, wait_stopped, worker_statuses, DEAD_WORKER_STOPPED_WITHIN, FAILED,
+    LIVENESS_GRACE, LIVENESS_TTL,
 };
 use common::{Pins, BEGINS, SUCCEEDED};
 use serde_json::Value;
@@ -147,20 +147,8 @@ fn a_broken_image_aborts_and_neco_recover_completes_once_it_is_fixed() {
     let status = common::wait_completed(&dc, 0, &version);
     let recovered_in = recover.elapsed();
     common::assert_all_completed(&status, &version, &[0, 1, 2]);
-    dc.wait_until("the success notification", Duration::from_secs(15), |dc| {
-        let got = titles_of(dc, &version);
-        got.iter()
-            .any(|t| t == SUCCEEDED)
-            .then_some(())
-            .ok_or_else(|| format!("{got:?}"))
-    })
-    .unwrap();
-    assert_eq!(
-        titles_of(&dc, &version),
-        vec![FAILED.to_owned(), BEGINS.to_owned(), SUCCEEDED.to_owned()],
-        "one failure, then the recovery begins and succeeds: {:?}",
-        notifications(&dc)
-    );
+    // One failure, then the recovery begins and succeeds.
+    wait_for_success(&dc, &version, &[FAILED, BEGINS, SUCCEEDED]);
     for server in dc.servers() {
         let index = server
             .root()
@@ -243,7 +231,7 @@ fn a_worker_dying_in_the_middle_of_a_step_stops_the_update_within_seconds() {
                 dc.server(lrn)
                     .unwrap()
                     .worker()
-                    .log()
+                    .journal()
                     .contains("the request was stopped")
             });
             done.then_some(())

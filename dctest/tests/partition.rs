@@ -27,7 +27,7 @@
 mod common;
 
 use common::faults::{
-    hold_every_worker_in_step_1, prepare, titles_of, wait_for_failure, wait_stopped,
+    hold_every_worker_in_step_1, prepare, wait_for_failure, wait_for_success, wait_stopped,
     DEAD_WORKER_STOPPED_WITHIN, FAILED,
 };
 use common::{BEGINS, SUCCEEDED};
@@ -163,7 +163,7 @@ fn cut_off_in_the_middle_of_an_update(victim: Victim) {
                 .filter(|&lrn| {
                     // Its step ends and finds the request stopped, or a restarted worker finds
                     // it so at start: either way it waits for the next request.
-                    let log = dc.server(lrn).unwrap().worker().log();
+                    let log = dc.server(lrn).unwrap().worker().journal();
                     !log.contains("the request was stopped")
                         && !log.contains("the update is stopped; waiting for the next request")
                 })
@@ -178,19 +178,8 @@ fn cut_off_in_the_middle_of_an_update(victim: Victim) {
     dc.neco_ok(0, &["recover"]).unwrap();
     let status = common::wait_completed(&dc, 0, &version);
     common::assert_all_completed(&status, &version, &[0, 1, 2]);
-    dc.wait_until("the success notification", Duration::from_secs(15), |dc| {
-        let got = titles_of(dc, &version);
-        got.iter()
-            .any(|t| t == SUCCEEDED)
-            .then_some(())
-            .ok_or_else(|| format!("{got:?}"))
-    })
-    .unwrap();
-    assert_eq!(
-        titles_of(&dc, &version),
-        vec![FAILED.to_owned(), BEGINS.to_owned(), SUCCEEDED.to_owned()],
-        "one failure, then the recovery begins and succeeds"
-    );
+    // One failure, then the recovery begins and succeeds.
+    wait_for_success(&dc, &version, &[FAILED, BEGINS, SUCCEEDED]);
 
     eprintln!(
         "dctest: partition/{victim:?} cut off: stopped {:.1}s after the cut ({reason}), total {:.1}s",

@@ -17,6 +17,7 @@
 
 mod common;
 
+use common::faults::{titles_of, wait_for_success};
 use common::{BEGINS, SUCCEEDED};
 use dctest::datacenter::find_neco_deb;
 use dctest::debs::repackage_with_version;
@@ -157,33 +158,9 @@ fn assert_self_updated(dc: &DataCenter, version: &str, updates: usize) {
     }
 }
 
-/// The notifications about `version`, in order.
-fn notifications_of(dc: &DataCenter, version: &str) -> Vec<String> {
-    common::notifications(dc)
-        .into_iter()
-        .filter(|(_, v)| v == version)
-        .map(|(title, _)| title)
-        .collect()
-}
-
 fn wait_for_success_notification(dc: &DataCenter, version: &str) {
-    dc.wait_until(
-        &format!("the success notification of {version}"),
-        Duration::from_secs(15),
-        |dc| {
-            let got = notifications_of(dc, version);
-            got.iter()
-                .any(|t| t == SUCCEEDED)
-                .then_some(())
-                .ok_or_else(|| format!("{got:?}"))
-        },
-    )
-    .unwrap();
-    assert_eq!(
-        notifications_of(dc, version),
-        vec![BEGINS.to_owned(), SUCCEEDED.to_owned()],
-        "begin, then success, once each"
-    );
+    // Begin, then success, once each.
+    wait_for_success(dc, version, &[BEGINS, SUCCEEDED]);
 }
 
 #[test]
@@ -202,7 +179,7 @@ fn upgrade() {
     // A candidate as a pre-release: prod ignores it.
     let candidate = publish_candidate(&dc, &source, &v2);
     assert_ignored(&dc, &v1, 4, "prod ignores a pre-release");
-    assert!(notifications_of(&dc, &v2).is_empty());
+    assert!(titles_of(&dc, &v2).is_empty());
     assert_self_updated(&dc, &v1, 0);
 
     // Staging follows pre-releases: every worker updates itself, then the steps complete.
@@ -215,7 +192,7 @@ fn upgrade() {
     assert_self_updated(&dc, &v2, 1);
     common::assert_services_run_the_pins(&dc, &common::Pins::release());
     for server in dc.servers() {
-        let log = server.worker().log();
+        let log = server.worker().journal();
         assert!(
             log.contains("self-update") && log.contains("installed the neco package"),
             "{}",
@@ -255,7 +232,7 @@ fn upgrade() {
         4,
         "prod ignores pre-releases and never downgrades",
     );
-    assert!(notifications_of(&dc, &v3).is_empty());
+    assert!(titles_of(&dc, &v3).is_empty());
 
     // A person clears the pre-release flag: v3 is the latest full release, prod installs it.
     let promotion = Instant::now();

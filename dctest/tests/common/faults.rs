@@ -85,13 +85,30 @@ pub fn wait_stopped(dc: &DataCenter, lrn: u32, version: &str, timeout: Duration)
 pub fn prepare(dc: &DataCenter) {
     dc.neco_ok(0, &["config", "set", "slack", &dc.webhook.url()])
         .unwrap();
-    dc.wait_until("every worker is alive", Duration::from_secs(20), |dc| {
-        let status = dc.status_json(0).map_err(|e| e.to_string())?;
-        (status["alive"] == serde_json::json!([0, 1, 2]) && status["request"].is_null())
-            .then_some(())
-            .ok_or_else(|| status.to_string())
-    })
+    super::wait_idle(dc);
+}
+
+/// Waits for the success notification about `version`, then checks that the notifications
+/// about it are exactly `expected`, in order.
+pub fn wait_for_success(dc: &DataCenter, version: &str, expected: &[&str]) {
+    dc.wait_until(
+        &format!("the success notification of {version}"),
+        Duration::from_secs(15),
+        |dc| {
+            let got = titles_of(dc, version);
+            got.iter()
+                .any(|t| t == super::SUCCEEDED)
+                .then_some(())
+                .ok_or_else(|| format!("{got:?}"))
+        },
+    )
     .unwrap();
+    assert_eq!(
+        titles_of(dc, version),
+        expected,
+        "the notifications about {version}: {:?}",
+        notifications(dc)
+    );
 }
 
 /// `neco setup 0 1 2` on boot server 0 (the webhook is configured already).
@@ -159,7 +176,7 @@ pub fn hold_every_worker_in_step_1(dc: &DataCenter) -> Frozen {
         });
         let inside = dc
             .servers()
-            .all(|s| s.worker().log().contains("running step"));
+            .all(|s| s.worker().journal().contains("running step"));
         (running && inside)
             .then_some(())
             .ok_or_else(|| status.to_string())

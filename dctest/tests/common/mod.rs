@@ -283,3 +283,14 @@ pub fn assert_services_run_the_pins(dc: &DataCenter, pins: &Pins) {
         }
     }
 }
+
+/// Waits until every worker of boot servers 0, 1, 2 is alive and no update is requested.
+pub fn wait_idle(dc: &DataCenter) {
+    dc.wait_until("every worker is alive", Duration::from_secs(20), |dc| {
+        let status = dc.status_json(0).map_err(|e| e.to_string())?;
+        (status["alive"] == serde_json::json!([0, 1, 2]) && status["request"].is_null())
+            .then_some(())
+            .ok_or_else(|| status.to_string())
+    })
+    .unwrap();
+}
