@@ -221,6 +221,29 @@ impl EtcdCluster {
         self.wait_healthy(index)
     }
 
+    /// Stops one member with SIGSTOP (a stall: it holds its connections but answers nothing)
+    /// until [`Self::resume_member`]. A member still paused when the cluster drops is killed
+    /// with it (SIGKILL ends a stopped process).
+    pub fn pause_member(&self, index: usize) -> Result<()> {
+        self.signal_member(index, rustix::process::Signal::STOP)
+    }
+
+    /// Resumes a member paused by [`Self::pause_member`] (SIGCONT).
+    pub fn resume_member(&self, index: usize) -> Result<()> {
+        self.signal_member(index, rustix::process::Signal::CONT)
+    }
+
+    fn signal_member(&self, index: usize, signal: rustix::process::Signal) -> Result<()> {
+        let pid = self
+            .pid(index)
+            .and_then(|pid| i32::try_from(pid).ok())
+            .and_then(rustix::process::Pid::from_raw)
+            .ok_or_else(|| Error::InvalidArgument(format!("etcd member {index} is not running")))?;
+        rustix::process::kill_process(pid, signal).map_err(|e| {
+            Error::InvalidArgument(format!("signal {signal:?} to etcd member {index}: {e}"))
+        })
+    }
+
     /// The PID of a running member.
     pub fn pid(&self, index: usize) -> Option<u32> {
         self.members

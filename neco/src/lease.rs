@@ -3,18 +3,27 @@
 //! A [`KeptLease`] is what binds a leader key or a liveness key to a living process: when the
 //! process dies, its keep-alives stop and etcd deletes the keys after the TTL.
 
-use crate::storage::{etcd_err, Storage, StorageError};
-use etcd_client::{Client, LeaderKey, ResignOptions};
-use std::time::Duration;
+use crate::etcd::{classify, Etcd, Failure};
+use crate::storage::{Storage, StorageError};
+use etcd_client::{LeaderKey, LeaseKeepAliveStream, LeaseKeeper, ResignOptions};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// A lease renewed by a background task every third of its TTL. Dropping it stops the renewal
-/// (the lease then expires); [`KeptLease::revoke`] ends it at once.
+/// The pause before a keep-alive is tried again after a failed one.
+const KEEP_ALIVE_RETRY: Duration = Duration::from_millis(300);
+
+/// A lease renewed by a background task every third of its TTL. A keep-alive that fails or
+/// gets no answer within that third is tried again (on another member when the connection
+/// moves) until the lease's deadline: the TTL after the last acknowledged keep-alive was sent.
+/// The lease counts as lost only when etcd says it is gone or that deadline passes.
+///
+/// Dropping it stops the renewal (the lease then expires); [`KeptLease::revoke`] ends it at
+/// once.
 pub struct KeptLease {
     id: i64,
     ttl: Duration,
-    client: Client,
+    etcd: Etcd,
     task: JoinHandle<()>,
     lost: watch::Receiver<bool>,
 }
@@ -31,38 +40,24 @@ impl std::fmt::Debug for KeptLease {
 impl KeptLease {
     /// Grants a lease of `ttl` (at least one second) and starts renewing it.
     pub async fn grant(storage: &Storage, ttl: Duration) -> Result<Self, StorageError> {
-        let mut client = storage.client();
+        let etcd = storage.etcd().clone();
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let granted = client
-            .lease_grant(secs, None)
-            .await
-            .map_err(etcd_err("lease grant", ""))?;
+        let ttl = Duration::from_secs(u64::try_from(secs).unwrap_or(1));
+        // Counted from before the grant: the deadline is never later than etcd's.
+        let granted_at = Instant::now();
+        // A repeated grant leaves an unused lease behind, which expires after its TTL.
+        let granted = etcd
+            .call("lease grant", "", |mut client| async move {
+                client.lease_grant(secs, None).await
+            })
+            .await?;
         let id = granted.id();
-        let (keeper, mut stream) = client
-            .lease_keep_alive(id)
-            .await
-            .map_err(etcd_err("lease keep-alive", &format!("lease {id:x}")))?;
         let (lost_tx, lost) = watch::channel(false);
-        let period = Duration::from_secs(u64::try_from(secs).unwrap_or(1)) / 3;
-        let task = tokio::spawn(async move {
-            let mut keeper = keeper;
-            loop {
-                tokio::time::sleep(period.max(Duration::from_millis(200))).await;
-                let alive = match keeper.keep_alive().await {
-                    Ok(()) => matches!(stream.message().await, Ok(Some(resp)) if resp.ttl() > 0),
-                    Err(_) => false,
-                };
-                if !alive {
-                    tracing::warn!(lease = format!("{id:x}"), "lost the lease");
-                    let _ = lost_tx.send(true);
-                    return;
-                }
-            }
-        });
+        let task = tokio::spawn(keep_alive(etcd.clone(), id, ttl, granted_at + ttl, lost_tx));
         Ok(Self {
             id,
-            ttl: Duration::from_secs(u64::try_from(secs).unwrap_or(1)),
-            client,
+            ttl,
+            etcd,
             task,
             lost,
         })
@@ -76,6 +71,11 @@ impl KeptLease {
         self.ttl
     }
 
+    /// Whether the lease is known to be lost.
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
     /// Resolves when the lease could not be renewed (expired or revoked).
     pub async fn lost(&mut self) {
         while !*self.lost.borrow() {
@@ -86,19 +86,122 @@ impl KeptLease {
     }
 
     /// Stops renewing and revokes the lease, deleting every key bound to it.
-    pub async fn revoke(mut self) -> Result<(), StorageError> {
+    pub async fn revoke(self) -> Result<(), StorageError> {
         self.task.abort();
-        self.client
-            .lease_revoke(self.id)
+        let id = self.id;
+        self.etcd
+            .call(
+                "lease revoke",
+                &format!("lease {id:x}"),
+                |mut client| async move { client.lease_revoke(id).await },
+            )
             .await
             .map(|_| ())
-            .map_err(etcd_err("lease revoke", &format!("lease {:x}", self.id)))
     }
 }
 
 impl Drop for KeptLease {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Why one keep-alive failed.
+enum Renewal {
+    /// etcd says the lease does not exist any more.
+    Gone,
+    /// No answer, a broken stream, a member that cannot serve: try again.
+    Failed(String),
+}
+
+/// The keep-alive stream of one member.
+struct KeepAlive {
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+    generation: u64,
+}
+
+/// Renews `id` until it is lost; then says so on `lost`.
+async fn keep_alive(
+    etcd: Etcd,
+    id: i64,
+    ttl: Duration,
+    mut deadline: Instant,
+    lost: watch::Sender<bool>,
+) {
+    let lease = format!("{id:x}");
+    let period = (ttl / 3).max(Duration::from_millis(200));
+    let mut open: Option<KeepAlive> = None;
+    let mut pause = period;
+    loop {
+        tokio::time::sleep(pause).await;
+        let sent = Instant::now();
+        let generation = open
+            .as_ref()
+            .map_or_else(|| etcd.client().1, |o| o.generation);
+        let answer = match tokio::time::timeout(period, renew(&etcd, id, ttl, &mut open)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Renewal::Failed(format!(
+                "no answer within {}",
+                crate::duration::format(period)
+            ))),
+        };
+        match answer {
+            Ok(left) => {
+                deadline = sent + left;
+                pause = period;
+            }
+            Err(Renewal::Gone) => {
+                tracing::warn!(%lease, "lost the lease: etcd says it is gone");
+                let _ = lost.send(true);
+                return;
+            }
+            Err(Renewal::Failed(reason)) => {
+                open = None;
+                let now = Instant::now();
+                if now >= deadline {
+                    tracing::warn!(%lease, %reason, ttl = ?ttl, "lost the lease: no keep-alive was acknowledged within its TTL");
+                    let _ = lost.send(true);
+                    return;
+                }
+                tracing::warn!(%lease, %reason, left = ?(deadline - now), "a keep-alive failed; trying again");
+                etcd.failed(generation, &reason).await;
+                pause = KEEP_ALIVE_RETRY.min(deadline.saturating_duration_since(Instant::now()));
+            }
+        }
+    }
+}
+
+/// One keep-alive on the open stream (opening one on the current member first): the time
+/// the lease has left after it.
+async fn renew(
+    etcd: &Etcd,
+    id: i64,
+    ttl: Duration,
+    open: &mut Option<KeepAlive>,
+) -> Result<Duration, Renewal> {
+    let failed = |e: etcd_client::Error| match classify(&e) {
+        Failure::Answer => Renewal::Gone,
+        Failure::Member => Renewal::Failed(e.to_string()),
+    };
+    let Some(alive) = open.as_mut() else {
+        // Opening a stream sends a keep-alive and checks its answer: the full TTL again.
+        let (mut client, generation) = etcd.client();
+        let (keeper, stream) = client.lease_keep_alive(id).await.map_err(failed)?;
+        *open = Some(KeepAlive {
+            keeper,
+            stream,
+            generation,
+        });
+        return Ok(ttl);
+    };
+    alive.keeper.keep_alive().await.map_err(failed)?;
+    match alive.stream.message().await.map_err(failed)? {
+        Some(resp) if resp.ttl() > 0 => {
+            Ok(Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0)))
+        }
+        Some(_) => Err(Renewal::Gone),
+        None => Err(Renewal::Failed("the keep-alive stream closed".into())),
     }
 }
 
@@ -134,28 +237,42 @@ impl Leadership {
         ttl: Duration,
     ) -> Result<Self, StorageError> {
         let lease = KeptLease::grant(storage, ttl).await?;
+        let etcd = storage.etcd();
         let election = storage.key(name);
         loop {
-            let attempt = std::time::Instant::now();
-            let resp = match storage
-                .client()
+            let attempt = Instant::now();
+            let (mut client, generation) = etcd.client();
+            let resp = match client
                 .campaign(election.as_bytes(), value, lease.id())
                 .await
             {
                 Ok(resp) => resp,
                 // A campaign waits as long as another leader lives, longer than the client's
                 // request timeout (30 s): campaign again with the same lease (at worst at the
-                // end of the queue, if etcd dropped the key of the cancelled campaign). Only a
-                // lost lease, or a "timeout" too quick to be the request timeout, ends it.
+                // end of the queue, if etcd dropped the key of the cancelled campaign).
                 Err(e)
                     if is_request_timeout(&e)
                         && attempt.elapsed() >= Duration::from_secs(1)
-                        && !*lease.lost.borrow() =>
+                        && !lease.is_lost() =>
                 {
                     tracing::debug!(election = %election, "still waiting for the leadership");
                     continue;
                 }
-                Err(e) => return Err(etcd_err("campaign", &election)(e)),
+                // The member failed: campaign again on the next one, while the lease lives.
+                Err(e) if classify(&e) == Failure::Member && !lease.is_lost() => {
+                    let reason = e.to_string();
+                    tracing::warn!(election = %election, %reason, "the campaign failed; campaigning again");
+                    etcd.failed(generation, &reason).await;
+                    tokio::time::sleep(KEEP_ALIVE_RETRY).await;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(StorageError::Etcd {
+                        op: "campaign",
+                        key: election,
+                        source: Box::new(e),
+                    })
+                }
             };
             let leader = resp
                 .leader()
@@ -168,11 +285,12 @@ impl Leadership {
             // A cancelled campaign's clean-up on the server may delete the key a resumed
             // campaign with the same lease shares: a leadership without its key guards nothing,
             // so campaign again.
-            let held = storage
-                .client()
-                .get(key.as_bytes(), None)
-                .await
-                .map_err(etcd_err("get", &key))?;
+            let held = etcd
+                .call("get", &key, |mut client| {
+                    let key = key.clone();
+                    async move { client.get(key, None).await }
+                })
+                .await?;
             if held.kvs().is_empty() {
                 tracing::debug!(%key, "the leader key is gone; campaigning again");
                 continue;
@@ -193,7 +311,7 @@ impl Leadership {
 
     /// Gives up the leadership and its lease.
     pub async fn resign(self) -> Result<(), StorageError> {
-        let mut client = self.lease.client.clone();
+        let mut client = self.lease.etcd.client().0;
         let resign = client.resign(Some(ResignOptions::new().with_leader(self.leader.clone())));
         // A hung resign must not keep the process from re-campaigning.
         let _ = tokio::time::timeout(Duration::from_secs(5), resign).await;

@@ -1,7 +1,8 @@
 //! What the neco-rs daemons and the operator CLI share.
 //!
 //! This crate owns the boot server's local configuration ([`config`]), the etcd schema and its
-//! storage layer ([`storage`], [`types`]), the release version type ([`release`]), Go-style
+//! storage layer ([`storage`], [`types`]) over a connection that fails over between etcd members
+//! ([`etcd`]) with watches that outlive a member and a compaction, the release version type ([`release`]), Go-style
 //! durations ([`duration`]) and the webhook notifier ([`notify`]). The binary `neco` is the
 //! operator CLI.
 //!
@@ -21,6 +22,7 @@ pub const VERSION: &str = match option_env!("NECO_VERSION") {
 pub mod config;
 pub mod dpkg;
 pub mod duration;
+pub mod etcd;
 pub mod lease;
 pub mod logging;
 pub mod notify;
@@ -28,6 +30,7 @@ pub mod release;
 pub mod status;
 pub mod storage;
 pub mod types;
+mod watch;
 
 pub use fetch::Secret;
 

@@ -3,11 +3,12 @@
 //! everywhere, and removing a server's `install/<LRN>/` never touches another server's keys.
 
 use crate::config::EtcdConfig;
-use crate::duration;
+use crate::etcd::Etcd;
 use crate::types::{ContentsStatus, Lrn, UpdateRequest, UpdateStatus};
+use crate::watch::{Seen, Watch};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, Txn, TxnOp,
-    WatchFilterType, WatchOptions,
+    Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, Txn, TxnOp, WatchFilterType,
+    WatchOptions,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -78,6 +79,21 @@ pub enum StorageError {
         key: String,
         source: Box<etcd_client::Error>,
     },
+    #[error(
+        "etcd {op} {key}: no member answered for {retried} (last tried {endpoint}): {message}"
+    )]
+    Unavailable {
+        op: &'static str,
+        key: String,
+        endpoint: String,
+        retried: String,
+        message: String,
+    },
+    #[error(
+        "the update request changed after revision {revision}: the status of the request it \
+         replaced is not written"
+    )]
+    Replaced { revision: i64 },
     #[error("lost the leadership (the leader key {key} is gone)")]
     NoLeader { key: String },
     #[error("{what} not found")]
@@ -225,10 +241,11 @@ pub enum StatusEvent {
     Status(Lrn, UpdateStatus),
 }
 
-/// The etcd client with the key prefix applied.
+/// The etcd schema over a connection that fails over between members ([`Etcd`]), with the key
+/// prefix applied.
 #[derive(Clone)]
 pub struct Storage {
-    client: Client,
+    etcd: Etcd,
     prefix: String,
 }
 
@@ -240,76 +257,14 @@ impl std::fmt::Debug for Storage {
     }
 }
 
-pub(crate) fn etcd_err(
-    op: &'static str,
-    key: &str,
-) -> impl FnOnce(etcd_client::Error) -> StorageError {
-    let key = key.to_owned();
-    move |source| StorageError::Etcd {
-        op,
-        key,
-        source: Box::new(source),
-    }
-}
-
 impl Storage {
-    /// Connects and checks that etcd answers within the dial timeout.
+    /// Connects to the first configured member that answers within the dial timeout; requests
+    /// move to the next member when it fails ([`Etcd`]).
     pub async fn connect(config: &EtcdConfig) -> Result<Self> {
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(config.dial_timeout)
-            .with_timeout(Duration::from_secs(30).max(config.dial_timeout));
-        if let (Some(user), Some(password)) = (&config.username, &config.password) {
-            options = options.with_user(user.clone(), password.expose().to_owned());
-        }
-        if let Some(tls) = &config.tls {
-            options = options.with_tls(tls_options(tls).map_err(|message| {
-                StorageError::Unreachable {
-                    endpoints: config.endpoints.join(","),
-                    timeout: duration::format(config.dial_timeout),
-                    message,
-                }
-            })?);
-        }
-        let unreachable = |message: String| StorageError::Unreachable {
-            endpoints: config.endpoints.join(","),
-            timeout: duration::format(config.dial_timeout),
-            message,
-        };
-        // One member at a time, in the configured order: etcd-client balances requests over
-        // every endpoint it is given without skipping a dead one, so a client of all members
-        // fails at random while any member is down. A process whose member dies later fails
-        // and is restarted by its supervisor, and then connects to a living member.
-        let mut failures = Vec::new();
-        for endpoint in &config.endpoints {
-            match Self::connect_one(endpoint, options.clone(), config.dial_timeout).await {
-                Ok(client) => {
-                    return Ok(Self {
-                        client,
-                        prefix: config.prefix.clone(),
-                    })
-                }
-                Err(message) => failures.push(format!("{endpoint}: {message}")),
-            }
-        }
-        Err(unreachable(failures.join("; ")))
-    }
-
-    async fn connect_one(
-        endpoint: &str,
-        options: ConnectOptions,
-        timeout: Duration,
-    ) -> std::result::Result<Client, String> {
-        let connect = Client::connect([endpoint], Some(options));
-        let mut client = tokio::time::timeout(timeout, connect)
-            .await
-            .map_err(|_| "timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        // A lazy channel connects on first use: prove that etcd answers.
-        tokio::time::timeout(timeout, client.status())
-            .await
-            .map_err(|_| "timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        Ok(client)
+        Ok(Self {
+            etcd: Etcd::connect(config).await?,
+            prefix: config.prefix.clone(),
+        })
     }
 
     /// The physical key of a relative key.
@@ -322,19 +277,44 @@ impl Storage {
         key.strip_prefix(&self.prefix).unwrap_or(&key).to_owned()
     }
 
-    /// The underlying client (for elections and leases).
+    /// The client of the current member (for tests that write as other programs do).
     pub fn client(&self) -> Client {
-        self.client.clone()
+        self.etcd.client().0
+    }
+
+    /// The connection (for leases and elections, which follow it from member to member).
+    pub fn etcd(&self) -> &Etcd {
+        &self.etcd
+    }
+
+    /// A get of one physical key (or prefix, by `options`), retried on other members.
+    async fn get(
+        &self,
+        key: &str,
+        options: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse> {
+        self.etcd
+            .call("get", key, |mut client| {
+                let options = options.clone();
+                async move { client.get(key, options).await }
+            })
+            .await
+    }
+
+    /// A transaction, retried on other members: every transaction here is safe to repeat
+    /// (a repeated put writes the same value; a guard that held still holds).
+    async fn txn(&self, key: &str, txn: Txn) -> Result<etcd_client::TxnResponse> {
+        self.etcd
+            .call("txn", key, |mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })
+            .await
     }
 
     async fn get_value(&self, relative: &str) -> Result<Option<(String, i64)>> {
         let key = self.key(relative);
-        let resp = self
-            .client
-            .clone()
-            .get(key.as_bytes(), None)
-            .await
-            .map_err(etcd_err("get", &key))?;
+        let resp = self.get(&key, None).await?;
         Ok(resp.kvs().first().map(|kv| {
             (
                 String::from_utf8_lossy(kv.value()).into_owned(),
@@ -345,11 +325,12 @@ impl Storage {
 
     async fn put_value(&self, relative: &str, value: &str) -> Result<()> {
         let key = self.key(relative);
-        self.client
-            .clone()
-            .put(key.as_bytes(), value, None)
-            .await
-            .map_err(etcd_err("put", &key))?;
+        self.etcd
+            .call("put", &key, |mut client| {
+                let key = key.clone();
+                async move { client.put(key, value, None).await }
+            })
+            .await?;
         Ok(())
     }
 
@@ -358,12 +339,7 @@ impl Storage {
         let txn = Txn::new()
             .when(vec![Compare::create_revision(guard, CompareOp::Greater, 0)])
             .and_then(ops);
-        let resp = self
-            .client
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(etcd_err("txn", &self.key(what)))?;
+        let resp = self.txn(&self.key(what), txn).await?;
         if resp.succeeded() {
             Ok(())
         } else {
@@ -399,11 +375,12 @@ impl Storage {
     /// Removes a config value (back to its default).
     pub async fn delete_config(&self, key: ConfigKey) -> Result<()> {
         let full = self.key(key.key());
-        self.client
-            .clone()
-            .delete(full.as_bytes(), None)
-            .await
-            .map_err(etcd_err("delete", &full))?;
+        self.etcd
+            .call("delete", &full, |mut client| {
+                let full = full.clone();
+                async move { client.delete(full, None).await }
+            })
+            .await?;
         Ok(())
     }
 
@@ -437,12 +414,9 @@ impl Storage {
             TxnOp::delete(server.as_bytes(), None),
             TxnOp::delete(install.as_bytes(), Some(DeleteOptions::new().with_prefix())),
         ]);
-        let resp = self
-            .client
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(etcd_err("txn", &server))?;
+        // Once: a repeated delete of a server that the first attempt removed says "not found".
+        let mut client = self.client();
+        let resp = self.etcd.call_once("txn", &server, client.txn(txn)).await?;
         let deleted = resp
             .op_responses()
             .into_iter()
@@ -471,12 +445,7 @@ impl Storage {
         if revision > 0 {
             options = options.with_revision(revision);
         }
-        let resp = self
-            .client
-            .clone()
-            .get(prefix.as_bytes(), Some(options))
-            .await
-            .map_err(etcd_err("get", &prefix))?;
+        let resp = self.get(&prefix, Some(options)).await?;
         Ok(self.parse_bootservers(resp.kvs()))
     }
 
@@ -561,12 +530,12 @@ impl Storage {
                 0,
             )])
             .and_then(ops);
+        // Once: a repeated setup after a first attempt that was applied says "already set up".
+        let mut client = self.client();
         let resp = self
-            .client
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(etcd_err("txn", &current))?;
+            .etcd
+            .call_once("txn", &current, client.txn(txn))
+            .await?;
         if !resp.succeeded() {
             return Err(StorageError::AlreadySetUp);
         }
@@ -646,10 +615,34 @@ impl Storage {
         .await
     }
 
-    pub async fn put_status(&self, lrn: Lrn, status: &UpdateStatus) -> Result<()> {
+    /// Writes a worker's status for the request written at `request_revision` (the request's
+    /// modification revision), in a transaction that writes nothing once the request was
+    /// rewritten (stopped, replaced, deleted): [`StorageError::Replaced`]. A worker that
+    /// finishes a step of a stopped request cannot disturb the request that follows it.
+    pub async fn put_status(
+        &self,
+        lrn: Lrn,
+        status: &UpdateStatus,
+        request_revision: i64,
+    ) -> Result<()> {
         let relative = keys::status(lrn);
+        let key = self.key(&relative);
         let value = self.encode(&relative, status)?;
-        self.put_value(&relative, &value).await
+        let current = self.key(keys::CURRENT);
+        let txn = Txn::new()
+            .when(vec![Compare::mod_revision(
+                current.as_bytes(),
+                CompareOp::Equal,
+                request_revision,
+            )])
+            .and_then(vec![TxnOp::put(key.as_bytes(), value, None)]);
+        if self.txn(&key, txn).await?.succeeded() {
+            Ok(())
+        } else {
+            Err(StorageError::Replaced {
+                revision: request_revision,
+            })
+        }
     }
 
     pub async fn status(&self, lrn: Lrn) -> Result<Option<UpdateStatus>> {
@@ -681,12 +674,7 @@ impl Storage {
             ),
             TxnOp::get(notified_key.as_bytes(), None),
         ]);
-        let resp = self
-            .client
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(etcd_err("txn", &current))?;
+        let resp = self.txn(&current, txn).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let gets: Vec<etcd_client::GetResponse> = resp
             .op_responses()
@@ -782,12 +770,7 @@ impl Storage {
                         Some(DeleteOptions::new().with_prefix()),
                     ),
                 ]);
-            let resp = self
-                .client
-                .clone()
-                .txn(txn)
-                .await
-                .map_err(etcd_err("txn", &current))?;
+            let resp = self.txn(&current, txn).await?;
             if resp.succeeded() {
                 return Ok(());
             }
@@ -847,16 +830,17 @@ impl Storage {
     pub async fn alive_servers(&self) -> Result<Vec<Lrn>> {
         let prefix = self.key(keys::ALIVE);
         let resp = self
-            .client
-            .clone()
             .get(
-                prefix.as_bytes(),
+                &prefix,
                 Some(GetOptions::new().with_prefix().with_keys_only()),
             )
-            .await
-            .map_err(etcd_err("get", &prefix))?;
-        let mut alive: Vec<Lrn> = resp
-            .kvs()
+            .await?;
+        Ok(self.alive_in(resp.kvs()))
+    }
+
+    /// The servers whose liveness key is among `kvs`, numerically sorted.
+    fn alive_in(&self, kvs: &[etcd_client::KeyValue]) -> Vec<Lrn> {
+        let mut alive: Vec<Lrn> = kvs
             .iter()
             .filter_map(|kv| {
                 self.relative(kv.key())
@@ -865,91 +849,96 @@ impl Storage {
             })
             .collect();
         alive.sort_unstable();
-        Ok(alive)
+        alive
     }
 
     /// Puts this server's liveness key bound to `lease` (a lease the caller keeps alive).
     pub async fn put_alive(&self, lrn: Lrn, lease: i64, version: &str) -> Result<()> {
         let key = self.key(&keys::alive(lrn));
-        self.client
-            .clone()
-            .put(
-                key.as_bytes(),
-                version,
-                Some(etcd_client::PutOptions::new().with_lease(lease)),
-            )
-            .await
-            .map_err(etcd_err("put", &key))?;
+        self.etcd
+            .call("put", &key, |mut client| {
+                let key = key.clone();
+                let options = etcd_client::PutOptions::new().with_lease(lease);
+                async move { client.put(key, version, Some(options)).await }
+            })
+            .await?;
         Ok(())
     }
 
     // --- watches -----------------------------------------------------------------------------
+    //
+    // Every wait below survives a member's death and a compaction (`crate::watch`): after a
+    // compaction it decides from the state of its range what it missed.
 
-    /// Opens a watch on a relative key (or prefix).
-    async fn watch(&self, relative: &str, options: WatchOptions) -> Result<Watch> {
+    /// A watch of a relative key (or prefix) from revision `revision + 1`.
+    fn watch(&self, relative: &str, prefix: bool, options: WatchOptions, revision: i64) -> Watch {
+        Watch::new(
+            &self.etcd,
+            self.key(relative),
+            prefix,
+            options,
+            revision + 1,
+        )
+    }
+
+    /// The revision of etcd now (a read's header), to watch from.
+    async fn revision_now(&self, relative: &str) -> Result<i64> {
         let key = self.key(relative);
-        let (watcher, stream) = self
-            .client
-            .clone()
-            .watch(key.as_bytes(), Some(options))
-            .await
-            .map_err(etcd_err("watch", &key))?;
-        Ok(Watch {
-            _watcher: watcher,
-            stream,
-            key,
-        })
+        let resp = self
+            .get(&key, Some(GetOptions::new().with_count_only()))
+            .await?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
     }
 
-    /// Returns after the first change under `info/` after `revision`.
+    /// Returns after the first change under `info/` after `revision` (also, spuriously, after
+    /// a compaction hid what happened: callers read `info/` again).
     pub async fn wait_info(&self, revision: i64) -> Result<()> {
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1);
-        self.watch(keys::INFO, options)
-            .await?
-            .next()
-            .await
-            .map(|_| ())
+        let mut watch = self.watch(keys::INFO, true, WatchOptions::new(), revision);
+        watch.next().await.map(|_| ())
     }
 
-    /// Returns when `status/current` is deleted after `revision`.
+    /// Returns when `status/current` is deleted after `revision` (or is found absent after a
+    /// compaction).
     pub async fn wait_request_deletion(&self, revision: i64) -> Result<()> {
-        let options = WatchOptions::new()
-            .with_start_revision(revision + 1)
-            .with_filters([WatchFilterType::NoPut]);
-        self.watch(keys::CURRENT, options)
-            .await?
-            .next()
-            .await
-            .map(|_| ())
+        let options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
+        let mut watch = self.watch(keys::CURRENT, false, options, revision);
+        loop {
+            match watch.next().await? {
+                Seen::Events(_) => return Ok(()),
+                Seen::State { kvs } if kvs.is_empty() => return Ok(()),
+                Seen::State { .. } => {}
+            }
+        }
     }
 
-    /// Returns the first request written after `revision`, with its revision.
+    /// Returns the first request written after `revision`, with its revision (after a
+    /// compaction: the current request, if it was written after `revision`).
     pub async fn wait_request(&self, revision: i64) -> Result<(UpdateRequest, i64)> {
-        let options = WatchOptions::new()
-            .with_start_revision(revision + 1)
-            .with_filters([WatchFilterType::NoDelete]);
-        let mut watch = self.watch(keys::CURRENT, options).await?;
+        let options = WatchOptions::new().with_filters([WatchFilterType::NoDelete]);
+        let mut watch = self.watch(keys::CURRENT, false, options, revision);
         loop {
-            let events = watch.next().await?;
-            if let Some(kv) = events.first().and_then(|e| e.kv()) {
+            let kv = match watch.next().await? {
+                Seen::Events(events) => events.into_iter().find_map(|e| e.kv().cloned()),
+                Seen::State { kvs } => kvs.into_iter().find(|kv| kv.mod_revision() > revision),
+            };
+            if let Some(kv) = kv {
                 let value = String::from_utf8_lossy(kv.value());
                 return Ok((self.decode(keys::CURRENT, &value)?, kv.mod_revision()));
             }
         }
     }
 
-    /// Returns when anything under `config/` changes from now on.
+    /// Returns the relative key of the first change under `config/` from now on (`config/`
+    /// itself when a compaction hid which key changed).
     pub async fn wait_config_change(&self) -> Result<String> {
-        let mut watch = self
-            .watch(keys::CONFIG, WatchOptions::new().with_prefix())
-            .await?;
-        loop {
-            let events = watch.next().await?;
-            if let Some(kv) = events.first().and_then(|e| e.kv()) {
-                return Ok(self.relative(kv.key()));
-            }
+        let revision = self.revision_now(keys::CONFIG).await?;
+        let mut watch = self.watch(keys::CONFIG, true, WatchOptions::new(), revision);
+        match watch.next().await? {
+            Seen::Events(events) => Ok(events
+                .first()
+                .and_then(|e| e.kv())
+                .map_or_else(|| keys::CONFIG.to_owned(), |kv| self.relative(kv.key()))),
+            Seen::State { .. } => Ok(keys::CONFIG.to_owned()),
         }
     }
 
@@ -961,7 +950,7 @@ impl Storage {
         revision: i64,
         mut handle: impl FnMut(StatusEvent) -> Option<T>,
     ) -> Result<T> {
-        let mut events = self.status_events(revision).await?;
+        let mut events = self.status_events(revision);
         loop {
             match events.next().await {
                 Ok(event) => {
@@ -980,37 +969,41 @@ impl Storage {
     }
 
     /// The puts under `status/` from `revision + 1`, one at a time, for callers that do work
-    /// between events (the worker runs its steps between barriers).
-    pub async fn status_events(&self, revision: i64) -> Result<StatusEvents> {
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1)
-            .with_filters([WatchFilterType::NoDelete]);
-        Ok(StatusEvents {
+    /// between events (the worker runs its steps between barriers). After a compaction, the
+    /// keys written since the last event seen come as one put each (their last value), in
+    /// revision order: the same end state, without the values in between.
+    pub fn status_events(&self, revision: i64) -> StatusEvents {
+        let options = WatchOptions::new().with_filters([WatchFilterType::NoDelete]);
+        StatusEvents {
             storage: self.clone(),
-            watch: self.watch(keys::STATUS, options).await?,
+            watch: self.watch(keys::STATUS, true, options, revision),
+            seen: revision,
             pending: std::collections::VecDeque::new(),
-        })
+        }
     }
 
-    /// Watches the liveness keys from `revision + 1` and returns the first server whose key
-    /// is deleted (its lease expired or was revoked).
+    /// Watches the liveness keys from `revision + 1` and returns the first of `servers` whose
+    /// key is deleted (its lease expired or was revoked), or found missing after a compaction.
     pub async fn wait_dead_server(&self, revision: i64, servers: &[Lrn]) -> Result<Lrn> {
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1)
-            .with_filters([WatchFilterType::NoPut]);
-        let mut watch = self.watch(keys::ALIVE, options).await?;
+        let options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
+        let mut watch = self.watch(keys::ALIVE, true, options, revision);
         loop {
-            let events = watch.next().await?;
-            for event in &events {
-                let lrn = event.kv().and_then(|kv| {
-                    self.relative(kv.key())
-                        .strip_prefix(keys::ALIVE)
-                        .and_then(|s| s.parse::<Lrn>().ok())
-                });
-                if let Some(lrn) = lrn.filter(|l| servers.contains(l)) {
-                    return Ok(lrn);
+            match watch.next().await? {
+                Seen::Events(events) => {
+                    let kvs: Vec<_> = events.iter().filter_map(|e| e.kv()).cloned().collect();
+                    if let Some(lrn) = self
+                        .alive_in(&kvs)
+                        .into_iter()
+                        .find(|l| servers.contains(l))
+                    {
+                        return Ok(lrn);
+                    }
+                }
+                Seen::State { kvs } => {
+                    let alive = self.alive_in(&kvs);
+                    if let Some(lrn) = servers.iter().copied().find(|l| !alive.contains(l)) {
+                        return Ok(lrn);
+                    }
                 }
             }
         }
@@ -1021,6 +1014,8 @@ impl Storage {
 pub struct StatusEvents {
     storage: Storage,
     watch: Watch,
+    /// The revision of the last put handed out.
+    seen: i64,
     /// Decoded events of the last response; a malformed value is an error of its own event
     /// only, so the events after it are not lost.
     pending: std::collections::VecDeque<Result<StatusEvent>>,
@@ -1029,6 +1024,8 @@ pub struct StatusEvents {
 impl std::fmt::Debug for StatusEvents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StatusEvents")
+            .field("key", &self.watch.key())
+            .field("seen", &self.seen)
             .field("pending", &self.pending.len())
             .finish_non_exhaustive()
     }
@@ -1037,94 +1034,52 @@ impl std::fmt::Debug for StatusEvents {
 impl StatusEvents {
     /// The next put of the request or of a worker status, in revision order.
     pub async fn next(&mut self) -> Result<StatusEvent> {
-        let storage = &self.storage;
         loop {
             if let Some(event) = self.pending.pop_front() {
                 return event;
             }
-            for event in self.watch.next().await? {
-                if event.event_type() != EventType::Put {
-                    continue;
+            let mut kvs: Vec<etcd_client::KeyValue> = match self.watch.next().await? {
+                Seen::Events(events) => events
+                    .into_iter()
+                    .filter(|e| e.event_type() == EventType::Put)
+                    .filter_map(|e| e.kv().cloned())
+                    .collect(),
+                Seen::State { kvs } => {
+                    let seen = self.seen;
+                    let mut newer: Vec<_> = kvs
+                        .into_iter()
+                        .filter(|kv| kv.mod_revision() > seen)
+                        .collect();
+                    newer.sort_by_key(|kv| kv.mod_revision());
+                    newer
                 }
-                let Some(kv) = event.kv() else { continue };
-                let relative = storage.relative(kv.key());
-                let value = String::from_utf8_lossy(kv.value());
-                if relative == keys::CURRENT {
-                    self.pending
-                        .push_back(storage.decode(&relative, &value).map(StatusEvent::Request));
-                } else if let Some(lrn) = relative
-                    .strip_prefix(keys::STATUSES)
-                    .and_then(|s| s.parse::<Lrn>().ok())
-                {
-                    self.pending.push_back(
-                        storage
-                            .decode(&relative, &value)
-                            .map(|st| StatusEvent::Status(lrn, st)),
-                    );
+            };
+            for kv in kvs.drain(..) {
+                self.seen = self.seen.max(kv.mod_revision());
+                if let Some(event) = self.storage.status_event(&kv) {
+                    self.pending.push_back(event);
                 }
             }
         }
     }
 }
 
-/// An open watch; dropping it cancels the watch.
-struct Watch {
-    _watcher: etcd_client::Watcher,
-    stream: etcd_client::WatchStream,
-    /// The physical key, for errors.
-    key: String,
-}
-
-impl Watch {
-    /// The events of the next response that has any. A closed or canceled watch (a compacted
-    /// revision, …) is an error naming the key.
-    async fn next(&mut self) -> Result<Vec<etcd_client::Event>> {
-        loop {
-            let resp = self
-                .stream
-                .message()
-                .await
-                .map_err(etcd_err("watch", &self.key))?
-                .ok_or_else(|| StorageError::WatchEnded {
-                    key: self.key.clone(),
-                    message: "closed".into(),
-                })?;
-            if resp.canceled() {
-                return Err(StorageError::WatchEnded {
-                    key: self.key.clone(),
-                    message: cancel_reason(&resp),
-                });
-            }
-            if !resp.events().is_empty() {
-                return Ok(resp.events().to_vec());
-            }
+impl Storage {
+    /// The event of a put under `status/`; `None` for a key that is neither the request nor
+    /// a worker status.
+    fn status_event(&self, kv: &etcd_client::KeyValue) -> Option<Result<StatusEvent>> {
+        let relative = self.relative(kv.key());
+        let value = String::from_utf8_lossy(kv.value());
+        if relative == keys::CURRENT {
+            Some(self.decode(&relative, &value).map(StatusEvent::Request))
+        } else {
+            let lrn = relative
+                .strip_prefix(keys::STATUSES)
+                .and_then(|s| s.parse::<Lrn>().ok())?;
+            Some(
+                self.decode(&relative, &value)
+                    .map(|st| StatusEvent::Status(lrn, st)),
+            )
         }
     }
-}
-
-fn cancel_reason(resp: &etcd_client::WatchResponse) -> String {
-    if resp.compact_revision() > 0 {
-        format!(
-            "canceled: the revision was compacted (compact revision {})",
-            resp.compact_revision()
-        )
-    } else {
-        format!("canceled: {}", resp.cancel_reason())
-    }
-}
-
-fn tls_options(
-    tls: &crate::config::TlsConfig,
-) -> std::result::Result<etcd_client::TlsOptions, String> {
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-    };
-    let mut options = etcd_client::TlsOptions::new();
-    if let Some(ca) = &tls.ca {
-        options = options.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
-    }
-    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-        options = options.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
-    }
-    Ok(options)
 }

@@ -44,6 +44,12 @@ fn status(version: &str, step: u32, cond: UpdateCondition) -> UpdateStatus {
     }
 }
 
+/// Writes a worker status for the current request (revision 0 when there is none).
+async fn put_status(s: &Storage, lrn: u32, status: &UpdateStatus) {
+    let revision = s.request().await.unwrap().map_or(0, |(_, rev)| rev);
+    s.put_status(lrn, status, revision).await.unwrap();
+}
+
 async fn raw(etcd: &EtcdCluster) -> Client {
     Client::connect(etcd.endpoints(), None).await.unwrap()
 }
@@ -156,12 +162,8 @@ async fn snapshot_is_consistent_and_numeric() {
     s.put_request(&request("1.1.0", &[0, 1, 2], false), &guard)
         .await
         .unwrap();
-    s.put_status(0, &status("1.1.0", 1, UpdateCondition::Running))
-        .await
-        .unwrap();
-    s.put_status(1, &status("1.0.0", 3, UpdateCondition::Completed))
-        .await
-        .unwrap();
+    put_status(&s, 0, &status("1.1.0", 1, UpdateCondition::Running)).await;
+    put_status(&s, 1, &status("1.0.0", 3, UpdateCondition::Completed)).await;
     for lrn in [10, 2, 0, 1] {
         s.register_bootserver(lrn).await.unwrap();
     }
@@ -190,9 +192,7 @@ async fn malformed_status_is_reported_with_its_key() {
     raw.put(s.key("status/bootservers/1"), "{not json", None)
         .await
         .unwrap();
-    s.put_status(0, &status("1", 1, UpdateCondition::Running))
-        .await
-        .unwrap();
+    put_status(&s, 0, &status("1", 1, UpdateCondition::Running)).await;
     let snap = s.snapshot().await.unwrap();
     assert_eq!(snap.statuses.len(), 1);
     assert_eq!(snap.malformed.len(), 1);
@@ -285,9 +285,7 @@ async fn recover_only_clears_a_stopped_request() {
     s.put_request(&request("1", &[0], false), &guard)
         .await
         .unwrap();
-    s.put_status(0, &status("1", 2, UpdateCondition::Aborted))
-        .await
-        .unwrap();
+    put_status(&s, 0, &status("1", 2, UpdateCondition::Aborted)).await;
     raw.put(
         s.key("contents/sabakan"),
         r#"{"version":"1","success":true}"#,
@@ -351,12 +349,8 @@ async fn watches_start_after_the_revision() {
             .await
         }
     });
-    s.put_status(3, &status("2", 1, UpdateCondition::Running))
-        .await
-        .unwrap();
-    s.put_status(4, &status("2", 5, UpdateCondition::Completed))
-        .await
-        .unwrap();
+    put_status(&s, 3, &status("2", 1, UpdateCondition::Running)).await;
+    put_status(&s, 4, &status("2", 5, UpdateCondition::Completed)).await;
     let lrn = tokio::time::timeout(Duration::from_secs(5), seen)
         .await
         .unwrap()

@@ -126,7 +126,8 @@ async fn baselines(etcd: &EtcdCluster, table: &mut Table) -> anyhow::Result<Base
     for i in 0..2 * BASELINE_RUNS {
         let step = u32::try_from(i).context("too many runs")?;
         let start = Instant::now();
-        writer.put_status(0, &status(step)).await?;
+        // No request exists: revision 0 is the request's.
+        writer.put_status(0, &status(step), 0).await?;
         if i >= BASELINE_RUNS {
             puts.push(start.elapsed());
         }
@@ -134,7 +135,7 @@ async fn baselines(etcd: &EtcdCluster, table: &mut Table) -> anyhow::Result<Base
 
     eprintln!("baseline: {BASELINE_RUNS} status writes seen through another connection's watch…");
     let revision = watcher.snapshot().await?.revision;
-    let mut events = watcher.status_events(revision).await?;
+    let mut events = watcher.status_events(revision);
     let mut put_watches = Vec::with_capacity(BASELINE_RUNS);
     for i in 0..2 * BASELINE_RUNS {
         let step = u32::try_from(i).context("too many runs")?;
@@ -150,7 +151,7 @@ async fn baselines(etcd: &EtcdCluster, table: &mut Table) -> anyhow::Result<Base
             }
         };
         let (put, seen) = tokio::time::timeout(ROLLOUT_TIMEOUT, async {
-            tokio::join!(writer.put_status(1, &written), seen)
+            tokio::join!(writer.put_status(1, &written, 0), seen)
         })
         .await
         .context("a status write was not seen by the watch")?;
@@ -246,7 +247,7 @@ async fn rollout<T>(
     write: impl std::future::Future<Output = Result<T, neco::storage::StorageError>>,
 ) -> anyhow::Result<Duration> {
     let revision = admin.snapshot().await?.revision;
-    let mut events = admin.status_events(revision).await?;
+    let mut events = admin.status_events(revision);
     let start = Instant::now();
     let wait = async {
         write.await?;

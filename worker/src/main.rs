@@ -219,7 +219,10 @@ async fn serve(cli: &Cli, config: &Config, lrn: u32, version: &str) -> anyhow::R
             () = lease.lost() => anyhow::bail!("lost the liveness lease"),
         };
         match exit {
-            Exit::SelfUpdate(target) => {
+            Exit::SelfUpdate {
+                version: target,
+                revision,
+            } => {
                 tracing::info!(from = version, to = %target, "self-update");
                 let github = GitHub::new(&http, config.github.api.clone(), token.as_ref());
                 match worker::debs::install_neco(
@@ -240,9 +243,9 @@ async fn serve(cli: &Cli, config: &Config, lrn: u32, version: &str) -> anyhow::R
                     Err(e) => {
                         tracing::error!(error = %e, "self-update failed; aborting the update");
                         worker
-                            .report_self_update_failure(&target, &e.to_string())
+                            .report_self_update_failure(&target, revision, &e.to_string())
                             .await?;
-                        after = storage.request().await?.map(|(_, revision)| revision);
+                        after = Some(revision);
                     }
                 }
             }

@@ -9,8 +9,9 @@ use neco::types::{update_completed, Lrn, UpdateCondition, UpdateRequest, UpdateS
 /// Why the worker returns to its caller.
 #[derive(Debug)]
 pub enum Exit {
-    /// The request asks for another neco version: install it and restart.
-    SelfUpdate(String),
+    /// The request (written at `revision`) asks for another neco version: install it and
+    /// restart.
+    SelfUpdate { version: String, revision: i64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,9 @@ pub enum RunError {
 enum Outcome {
     Completed,
     Stopped,
+    /// The request was rewritten while this worker wrote its status: the status was not
+    /// written, and the next request is followed.
+    Replaced,
 }
 
 /// What runs the steps: [`crate::steps::StepContext`] in production; tests of the protocol
@@ -75,23 +79,29 @@ impl<S: RunSteps> Worker<'_, S> {
         self.follow(None, revision).await
     }
 
-    /// Records that the self-update to `version` failed, as an aborted status of that version:
-    /// the updater stops the update and notifies the reason.
+    /// Records that the self-update to `version` (requested at `revision`) failed, as an
+    /// aborted status of that version: the updater stops the update and notifies the reason.
+    /// Nothing is written when the request changed meanwhile.
     pub async fn report_self_update_failure(
         &self,
         version: &str,
+        revision: i64,
         reason: &str,
     ) -> Result<(), StorageError> {
-        self.put(
-            version,
-            0,
-            UpdateCondition::Aborted,
-            format!(
-                "self-update from {} to {version} failed: {reason}",
-                self.version
-            ),
-        )
-        .await
+        let message = format!(
+            "self-update from {} to {version} failed: {reason}",
+            self.version
+        );
+        match self
+            .put(version, revision, 0, UpdateCondition::Aborted, message)
+            .await
+        {
+            Err(StorageError::Replaced { .. }) => {
+                tracing::info!("the request changed meanwhile; the failure is not recorded");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     async fn follow(
@@ -126,7 +136,10 @@ impl<S: RunSteps> Worker<'_, S> {
             return Ok(None);
         }
         if req.version != self.version {
-            return Ok(Some(Exit::SelfUpdate(req.version.clone())));
+            return Ok(Some(Exit::SelfUpdate {
+                version: req.version.clone(),
+                revision,
+            }));
         }
         let statuses = self.storage.snapshot().await?.statuses;
         if update_aborted(&req.version, self.lrn, &statuses, final_step()) {
@@ -136,8 +149,14 @@ impl<S: RunSteps> Worker<'_, S> {
             {
                 let mut aborted = own.clone();
                 aborted.cond = UpdateCondition::Aborted;
-                aborted.message = "the worker restarted during the update".into();
-                self.storage.put_status(self.lrn, &aborted).await?;
+                aborted.message = "an earlier attempt at this update did not finish on this \
+                                   server (the worker restarted, or the request was rewritten \
+                                   during the update)"
+                    .into();
+                match self.storage.put_status(self.lrn, &aborted, revision).await {
+                    Ok(()) | Err(StorageError::Replaced { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             tracing::warn!(version = %req.version, "the previous update was aborted; waiting for the next request");
             return Ok(None);
@@ -149,52 +168,98 @@ impl<S: RunSteps> Worker<'_, S> {
         match self.update(req, revision).await? {
             Outcome::Completed => tracing::info!(version = %req.version, "update finished"),
             Outcome::Stopped => tracing::info!(version = %req.version, "the request was stopped"),
+            Outcome::Replaced => tracing::info!(
+                version = %req.version,
+                "the request changed; following the next one"
+            ),
         }
         Ok(None)
     }
 
+    /// Writes this worker's status for the request written at `revision`.
     async fn put(
         &self,
         version: &str,
+        revision: i64,
         step: u32,
         cond: UpdateCondition,
         message: String,
     ) -> Result<(), StorageError> {
-        self.storage
-            .put_status(
-                self.lrn,
-                &UpdateStatus {
-                    version: version.to_owned(),
-                    step,
-                    cond,
-                    message,
-                },
-            )
-            .await
+        let status = UpdateStatus {
+            version: version.to_owned(),
+            step,
+            cond,
+            message,
+        };
+        self.storage.put_status(self.lrn, &status, revision).await
     }
 
-    async fn abort(&self, version: &str, step: u32, message: String) -> RunError {
+    /// Writes the status of a step: [`Outcome::Replaced`] when the request changed.
+    async fn put_step(
+        &self,
+        version: &str,
+        revision: i64,
+        step: u32,
+        cond: UpdateCondition,
+    ) -> Result<Option<Outcome>, RunError> {
+        match self.put(version, revision, step, cond, String::new()).await {
+            Ok(()) => Ok(None),
+            Err(StorageError::Replaced { .. }) => Ok(Some(Outcome::Replaced)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records the abort and ends the process ([`RunError::Aborted`]), unless the request
+    /// changed meanwhile: then nothing is recorded and the next request is followed.
+    async fn abort(
+        &self,
+        version: &str,
+        revision: i64,
+        step: u32,
+        message: String,
+    ) -> Result<Outcome, RunError> {
         tracing::error!(step, %message, "aborting the update");
-        if let Err(e) = self
-            .put(version, step, UpdateCondition::Aborted, message.clone())
+        match self
+            .put(
+                version,
+                revision,
+                step,
+                UpdateCondition::Aborted,
+                message.clone(),
+            )
             .await
         {
-            tracing::error!(error = %e, "cannot record the abort");
+            Ok(()) => {}
+            Err(StorageError::Replaced { .. }) => {
+                tracing::info!("the request changed meanwhile; the abort is not recorded");
+                return Ok(Outcome::Replaced);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot record the abort"),
         }
-        RunError::Aborted(message)
+        Err(RunError::Aborted(message))
     }
 
     /// Runs every step in lock-step. Events are replayed from the request's revision, so a
-    /// late worker sees the reports its peers made before it started watching.
+    /// late worker sees the reports its peers made before it started watching. Every status is
+    /// written for the request of `revision` only.
     async fn update(&self, req: &UpdateRequest, revision: i64) -> Result<Outcome, RunError> {
+        let version = req.version.as_str();
         let mut barrier = Barrier::new(req, 1);
-        let mut events = self.storage.status_events(revision).await?;
-        self.put(&req.version, 1, UpdateCondition::Running, String::new())
-            .await?;
+        let mut events = self.storage.status_events(revision);
+        if let Some(outcome) = self
+            .put_step(version, revision, 1, UpdateCondition::Running)
+            .await?
+        {
+            return Ok(outcome);
+        }
         loop {
             let event = match events.next().await {
                 Ok(event) => event,
-                Err(e) => return Err(self.abort(&req.version, barrier.step, e.to_string()).await),
+                Err(e) => {
+                    return self
+                        .abort(version, revision, barrier.step, e.to_string())
+                        .await
+                }
             };
             let decision = match &event {
                 StatusEvent::Request(r) => barrier.on_request(r),
@@ -204,41 +269,33 @@ impl<S: RunSteps> Worker<'_, S> {
                 Decision::Ignore | Decision::Wait => continue,
                 Decision::Stop => return Ok(Outcome::Stopped),
                 Decision::Abort(message) => {
-                    return Err(self.abort(&req.version, barrier.step, message).await)
+                    return self.abort(version, revision, barrier.step, message).await
                 }
                 Decision::Run => {}
             }
             let Some(step) = Step::from_number(barrier.step) else {
-                return Err(self
-                    .abort(
-                        &req.version,
-                        barrier.step,
-                        format!("invalid step {}", barrier.step),
-                    )
-                    .await);
+                let message = format!("invalid step {}", barrier.step);
+                return self.abort(version, revision, barrier.step, message).await;
             };
             tracing::info!(step = barrier.step, name = step.name(), "running step");
-            if let Err(e) = self.steps.run_step(step, &req.version).await {
-                return Err(self.abort(&req.version, barrier.step, e.to_string()).await);
+            if let Err(e) = self.steps.run_step(step, version).await {
+                return self
+                    .abort(version, revision, barrier.step, e.to_string())
+                    .await;
             }
             if barrier.step == final_step() {
-                self.put(
-                    &req.version,
-                    barrier.step,
-                    UpdateCondition::Completed,
-                    String::new(),
-                )
-                .await?;
-                return Ok(Outcome::Completed);
+                let written = self
+                    .put_step(version, revision, barrier.step, UpdateCondition::Completed)
+                    .await?;
+                return Ok(written.unwrap_or(Outcome::Completed));
             }
             barrier = barrier.next();
-            self.put(
-                &req.version,
-                barrier.step,
-                UpdateCondition::Running,
-                String::new(),
-            )
-            .await?;
+            if let Some(outcome) = self
+                .put_step(version, revision, barrier.step, UpdateCondition::Running)
+                .await?
+            {
+                return Ok(outcome);
+            }
         }
     }
 }

@@ -111,7 +111,16 @@ impl Dc {
             cond,
             message: message.into(),
         };
-        self.storage.put_status(lrn, &status).await.unwrap();
+        let revision = self
+            .storage
+            .request()
+            .await
+            .unwrap()
+            .map_or(0, |(_, rev)| rev);
+        self.storage
+            .put_status(lrn, &status, revision)
+            .await
+            .unwrap();
     }
 
     /// Every listed worker goes through steps 1..=3 in lock-step and completes.

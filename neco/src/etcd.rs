@@ -1,0 +1,341 @@
+//! The connection to etcd: every configured member, one at a time, and the next one when it
+//! fails.
+//!
+//! etcd-client balances the requests of one client over every endpoint it is given without
+//! skipping a dead one, so a client of all members fails at random while any member is down.
+//! [`Etcd`] instead talks to one member and moves to the next (in the configured order,
+//! wrapping around) when a request fails in a way that another member may not: the member
+//! does not answer, its connection broke, or it is busy electing a leader. Every request gets
+//! a timeout of its own and is retried on the next member until [`RETRY_FOR`] has passed;
+//! watches ([`crate::watch`]) reopen on the new member from the revision after the last one
+//! they saw. Answers are never retried (a failed comparison, a missing key, a denied
+//! permission).
+
+use crate::config::EtcdConfig;
+use crate::duration;
+use crate::storage::{Result, StorageError};
+use etcd_client::{Client, ConnectOptions};
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long one request may take before the member counts as failed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request is retried (on the next member each time) before it fails.
+pub const RETRY_FOR: Duration = Duration::from_secs(20);
+/// The pause between two attempts of one request.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// HTTP/2 pings on every connection, so that a watch or keep-alive stream to a member that is
+/// gone (powered off, cut off) ends instead of waiting forever. etcd refuses pings more
+/// frequent than every 5 s (`--grpc-keepalive-min-time`).
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a failed request says about its member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// This member cannot serve now (unreachable, connection broken, no leader, busy): another
+    /// member may.
+    Member,
+    /// An answer: retrying does not change it.
+    Answer,
+}
+
+/// gRPC status codes (etcd-client does not re-export tonic's `Code`).
+mod code {
+    pub const CANCELLED: i32 = 1;
+    pub const UNKNOWN: i32 = 2;
+    pub const DEADLINE_EXCEEDED: i32 = 4;
+    pub const ABORTED: i32 = 10;
+    pub const UNAVAILABLE: i32 = 14;
+}
+
+/// Classifies an error of etcd-client.
+pub(crate) fn classify(error: &etcd_client::Error) -> Failure {
+    use etcd_client::Error as E;
+    match error {
+        // The first keep-alive of a stream answers "lease not found" for a lease that is gone.
+        E::LeaseKeepAliveError(message) if message.contains("not found") => Failure::Answer,
+        E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => {
+            Failure::Member
+        }
+        E::GRpcStatus(status) => match i32::from(status.code()) {
+            // "etcdserver: leader changed", "etcdserver: request timed out", "etcdserver: no
+            // leader", a refused connection: Unavailable. A broken connection: Unknown with
+            // the transport's message ("h2 protocol error: error reading a body from
+            // connection"); etcd answers with the codes of its errors, not Unknown.
+            code::UNAVAILABLE
+            | code::DEADLINE_EXCEEDED
+            | code::CANCELLED
+            | code::ABORTED
+            | code::UNKNOWN => Failure::Member,
+            _ => Failure::Answer,
+        },
+        _ => Failure::Answer,
+    }
+}
+
+struct Current {
+    /// Index into the endpoints.
+    index: usize,
+    /// Increases with every move to another member.
+    generation: u64,
+    client: Client,
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    dial_timeout: Duration,
+    current: RwLock<Current>,
+    /// One reconnection at a time: callers that saw the same failure wait for its outcome.
+    moving: tokio::sync::Mutex<()>,
+    /// The generation, for watches and keep-alives that must move along.
+    moved: tokio::sync::watch::Sender<u64>,
+}
+
+/// A connection to one member of the configured etcd cluster at a time. Cheap to clone.
+#[derive(Clone)]
+pub struct Etcd {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd")
+            .field("endpoints", &self.inner.endpoints)
+            .field("member", &self.endpoint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Etcd {
+    /// Connects to the first configured member that answers within the dial timeout.
+    pub async fn connect(config: &EtcdConfig) -> Result<Self> {
+        let unreachable = |message: String| StorageError::Unreachable {
+            endpoints: config.endpoints.join(","),
+            timeout: duration::format(config.dial_timeout),
+            message,
+        };
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.dial_timeout)
+            // The transport's own limit, above every request's (a campaign waits long).
+            .with_timeout(Duration::from_secs(30).max(config.dial_timeout))
+            .with_keep_alive(PING_INTERVAL, PING_TIMEOUT)
+            .with_keep_alive_while_idle(true);
+        if let (Some(user), Some(password)) = (&config.username, &config.password) {
+            options = options.with_user(user.clone(), password.expose().to_owned());
+        }
+        if let Some(tls) = &config.tls {
+            options = options.with_tls(tls_options(tls).map_err(unreachable)?);
+        }
+        if config.endpoints.is_empty() {
+            return Err(unreachable("no endpoint is configured".into()));
+        }
+        let mut failures = Vec::new();
+        for (index, endpoint) in config.endpoints.iter().enumerate() {
+            match connect_one(endpoint, options.clone(), config.dial_timeout).await {
+                Ok(client) => {
+                    let (moved, _) = tokio::sync::watch::channel(0);
+                    return Ok(Self {
+                        inner: Arc::new(Inner {
+                            endpoints: config.endpoints.clone(),
+                            options,
+                            dial_timeout: config.dial_timeout,
+                            current: RwLock::new(Current {
+                                index,
+                                generation: 0,
+                                client,
+                            }),
+                            moving: tokio::sync::Mutex::new(()),
+                            moved,
+                        }),
+                    });
+                }
+                Err(message) => failures.push(format!("{endpoint}: {message}")),
+            }
+        }
+        Err(unreachable(failures.join("; ")))
+    }
+
+    /// The client of the current member and its generation (for [`Etcd::failed`]).
+    pub fn client(&self) -> (Client, u64) {
+        let current = self
+            .inner
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (current.client.clone(), current.generation)
+    }
+
+    /// The endpoint of the current member.
+    pub fn endpoint(&self) -> String {
+        let current = self
+            .inner
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.inner.endpoints[current.index].clone()
+    }
+
+    /// Resolves when the connection moves past `generation`.
+    pub async fn moved_past(&self, generation: u64) {
+        let mut moved = self.inner.moved.subscribe();
+        if moved.wait_for(|g| *g > generation).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Reports that the member of `generation` failed: moves to the next member that answers
+    /// (unless another caller already moved). Keeps the current one when none answers.
+    pub async fn failed(&self, generation: u64, reason: &str) {
+        let _moving = self.inner.moving.lock().await;
+        let start = {
+            let current = self
+                .inner
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if current.generation != generation {
+                return;
+            }
+            current.index
+        };
+        let count = self.inner.endpoints.len();
+        let failed = &self.inner.endpoints[start];
+        for step in 1..=count {
+            let index = (start + step) % count;
+            let endpoint = &self.inner.endpoints[index];
+            match connect_one(
+                endpoint,
+                self.inner.options.clone(),
+                self.inner.dial_timeout,
+            )
+            .await
+            {
+                Ok(client) => {
+                    let mut current = self
+                        .inner
+                        .current
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    current.index = index;
+                    current.generation = generation + 1;
+                    current.client = client;
+                    drop(current);
+                    self.inner.moved.send_replace(generation + 1);
+                    tracing::warn!(from = %failed, to = %endpoint, %reason, "moved to another etcd member");
+                    return;
+                }
+                Err(message) => {
+                    tracing::debug!(%endpoint, %message, "etcd member does not answer");
+                }
+            }
+        }
+        tracing::warn!(%failed, %reason, "no other etcd member answers; staying");
+    }
+
+    /// Runs a request on the current member, retried on the next members while its failures
+    /// are the members' ([`Failure::Member`]) and [`RETRY_FOR`] has not passed. `request` must
+    /// be safe to repeat: an attempt that timed out may have been applied.
+    pub async fn call<T, F, Fut>(&self, op: &'static str, key: &str, mut request: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + RETRY_FOR;
+        loop {
+            let (client, generation) = self.client();
+            let reason = match tokio::time::timeout(REQUEST_TIMEOUT, request(client)).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) if classify(&e) == Failure::Answer => {
+                    return Err(StorageError::Etcd {
+                        op,
+                        key: key.to_owned(),
+                        source: Box::new(e),
+                    })
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {}", duration::format(REQUEST_TIMEOUT)),
+            };
+            let endpoint = self.endpoint();
+            if Instant::now() >= deadline {
+                return Err(StorageError::Unavailable {
+                    op,
+                    key: key.to_owned(),
+                    endpoint,
+                    retried: duration::format(RETRY_FOR),
+                    message: reason,
+                });
+            }
+            tracing::warn!(op, %key, %endpoint, %reason, "etcd request failed; retrying");
+            self.failed(generation, &reason).await;
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Runs a request that must not be repeated (its second attempt would answer differently
+    /// after a first that was applied): once, with the request timeout. A member failure still
+    /// moves the connection for the next request.
+    pub async fn call_once<T, Fut>(&self, op: &'static str, key: &str, request: Fut) -> Result<T>
+    where
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let generation = self.client().1;
+        let reason = match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) if classify(&e) == Failure::Answer => {
+                return Err(StorageError::Etcd {
+                    op,
+                    key: key.to_owned(),
+                    source: Box::new(e),
+                })
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {}", duration::format(REQUEST_TIMEOUT)),
+        };
+        let endpoint = self.endpoint();
+        self.failed(generation, &reason).await;
+        Err(StorageError::Unavailable {
+            op,
+            key: key.to_owned(),
+            endpoint,
+            retried: "0s".into(),
+            message: reason,
+        })
+    }
+}
+
+async fn connect_one(
+    endpoint: &str,
+    options: ConnectOptions,
+    timeout: Duration,
+) -> std::result::Result<Client, String> {
+    let connect = Client::connect([endpoint], Some(options));
+    let mut client = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    // A lazy channel connects on first use: prove that the member answers.
+    tokio::time::timeout(timeout, client.status())
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    Ok(client)
+}
+
+fn tls_options(
+    tls: &crate::config::TlsConfig,
+) -> std::result::Result<etcd_client::TlsOptions, String> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let mut options = etcd_client::TlsOptions::new();
+    if let Some(ca) = &tls.ca {
+        options = options.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        options = options.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(options)
+}
