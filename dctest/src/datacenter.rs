@@ -392,6 +392,13 @@ impl DataCenter {
         self.server_mut(lrn)?.machine_mut().power_off()
     }
 
+    /// Kills the machine of boot server `lrn` at once, as a power cut: every process in it dies
+    /// without stopping cleanly, and its address stops answering (connections to it hang until
+    /// their peers give up). Its layer stays.
+    pub fn kill_server(&mut self, lrn: u32) -> Result<()> {
+        self.server_mut(lrn)?.machine_mut().kill()
+    }
+
     /// Kills the worker of boot server `lrn` (SIGKILL) for good, as a worker that died and
     /// was not restarted: the unit is masked for this boot first (`systemctl mask --runtime`),
     /// so systemd's restart fails; the server's updater keeps running. Returns its main PID.
@@ -434,6 +441,17 @@ impl DataCenter {
     /// Makes the etcd member of boot server `lrn` the raft leader (`etcdctl move-leader`).
     pub fn move_etcd_leader(&self, lrn: u32) -> Result<()> {
         self.etcd.move_leader_to(&boot_server::etcd_endpoint(lrn)?)
+    }
+
+    /// The boot server whose etcd member is the raft leader now.
+    pub fn etcd_leader(&self) -> Result<u32> {
+        let (leader, _) = self.etcd.leader()?;
+        self.lrns()
+            .into_iter()
+            .find(|lrn| boot_server::etcd_endpoint(*lrn).is_ok_and(|e| e == leader))
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("the etcd leader {leader} is no boot server's"))
+            })
     }
 
     /// The boot server whose updater holds `leader/updater/`: the oldest key of the election,

@@ -373,24 +373,43 @@ impl EtcdClient {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// The endpoint of the member that is the raft leader now, and each endpoint's member id.
+    /// The endpoint of the member that is the raft leader now, and each answering endpoint's
+    /// member id. Each member is asked on its own, so that a dead one does not hide the
+    /// others' answers; the leader must be a member that answers.
     pub fn leader(&self) -> Result<(String, BTreeMap<String, u64>)> {
-        let text = self.etcdctl_output(&["endpoint", "status", "-w", "json"])?;
-        let statuses: Vec<RawEndpointStatus> = serde_json::from_str(&text)?;
+        let mut statuses = Vec::new();
+        let mut failures = Vec::new();
+        for endpoint in &self.endpoints {
+            let one = Self::new(vec![endpoint.clone()], self.netns.as_deref());
+            match one.etcdctl_output(&["endpoint", "status", "-w", "json"]) {
+                Ok(text) => {
+                    let answered: Vec<RawEndpointStatus> = serde_json::from_str(&text)?;
+                    statuses.extend(answered);
+                }
+                Err(e) => failures.push(format!("{endpoint}: {e}")),
+            }
+        }
         let ids: BTreeMap<String, u64> = statuses
             .iter()
             .map(|s| (s.endpoint.clone(), s.status.header.member_id))
             .collect();
         let leader_id = statuses
-            .first()
+            .iter()
             .map(|s| s.status.leader)
-            .ok_or_else(|| Error::InvalidArgument("etcdctl endpoint status: no member".into()))?;
+            .find(|id| *id != 0)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "etcdctl endpoint status: no member knows a leader ({failures:?})"
+                ))
+            })?;
         let leader = ids
             .iter()
             .find(|(_, id)| **id == leader_id)
             .map(|(endpoint, _)| endpoint.clone())
             .ok_or_else(|| {
-                Error::InvalidArgument(format!("the leader {leader_id:x} is none of {ids:x?}"))
+                Error::InvalidArgument(format!(
+                    "the leader {leader_id:x} is none of the answering {ids:x?} ({failures:?})"
+                ))
             })?;
         Ok((leader, ids))
     }

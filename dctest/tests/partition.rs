@@ -12,12 +12,18 @@
 //! - the server of the leader updater: another updater becomes the leader (after the session
 //!   TTL) and is the one that stops the update and notifies.
 //!
-//! The etcd raft leader is moved off the server before it is cut: an etcd election during the
-//! update makes the keep-alives of the other workers fail, which today ends their leases (a
-//! keep-alive that rides out an election, and one etcd member powered off during an update
-//! completing without `neco recover`, need the etcd client's failover and lease retries: not
-//! built yet). The tests run one after the
-//! other so that a loaded machine does not blur the timing.
+//! Whichever member is the etcd raft leader stays so: when it is the one cut off, the others
+//! elect a new leader in the middle of the update, and the workers on their side ride that
+//! out (requests and keep-alives retried). `neco recover` runs as soon as the cut-off server
+//! is back, while the other workers may still be inside step 1 of the stopped request: what
+//! they write for it afterwards is refused (status writes are guarded by their request).
+//!
+//! Third, the machine of an etcd member loses its power in the middle of an update of the two
+//! other boot servers: the raft leader's machine, so that the survivors elect a new leader
+//! during the update. The update completes without `neco recover`, no daemon of the two
+//! restarts, and the one notification is the success.
+//!
+//! The tests run one after the other so that a loaded machine does not blur the timing.
 //!
 //! Needs the neco package (`cargo xtask release release-<version> --no-publish --allow-dirty`,
 //! or `NECO_DEB`); runs with `cargo test -p dctest --features suites --test partition`.
@@ -27,8 +33,8 @@
 mod common;
 
 use common::faults::{
-    hold_every_worker_in_step_1, prepare, wait_for_failure, wait_for_success, wait_stopped,
-    DEAD_WORKER_STOPPED_WITHIN, FAILED,
+    hold_every_worker_in_step_1, hold_in_step_1, prepare, wait_for_failure, wait_for_success,
+    wait_stopped, DEAD_WORKER_STOPPED_WITHIN, FAILED,
 };
 use common::{BEGINS, SUCCEEDED};
 use dctest::DataCenter;
@@ -83,12 +89,10 @@ fn cut_off_in_the_middle_of_an_update(victim: Victim) {
     );
     // Asked on a server of the side that keeps the quorum.
     let observer = (cut + 1) % 3;
-    // The etcd raft leader is moved off the server to cut, before anything is requested:
-    // cutting the raft leader makes the other members elect a new one, and an election during
-    // the update fails the other workers' etcd requests and keep-alives ("leader changed"),
-    // which today aborts the update (an etcd client that rides out an election is not built
-    // yet).
-    dc.move_etcd_leader(observer).unwrap();
+    eprintln!(
+        "dctest: partition: the etcd raft leader is on boot server {}",
+        dc.etcd_leader().unwrap()
+    );
     prepare(&dc);
 
     // Every worker inside step 1: the registry of the network stops answering.
@@ -149,32 +153,8 @@ fn cut_off_in_the_middle_of_an_update(victim: Victim) {
         },
     )
     .unwrap();
-    // The workers that kept running finish step 1 and find the update stopped; only then does
-    // the operator recover (a status a worker writes for the stopped request after the new
-    // request exists would abort the new one: status writes guarded by their request are not
-    // built yet).
-    dc.wait_until(
-        "the workers that kept running end the stopped update",
-        Duration::from_secs(60),
-        |dc| {
-            let pending: Vec<u32> = alive
-                .iter()
-                .copied()
-                .filter(|&lrn| {
-                    // Its step ends and finds the request stopped, or a restarted worker finds
-                    // it so at start: either way it waits for the next request.
-                    let log = dc.server(lrn).unwrap().worker().journal();
-                    !log.contains("the request was stopped")
-                        && !log.contains("the update is stopped; waiting for the next request")
-                })
-                .collect();
-            pending
-                .is_empty()
-                .then_some(())
-                .ok_or_else(|| format!("not yet: {pending:?}"))
-        },
-    )
-    .unwrap();
+    // The operator recovers at once: the workers that kept running may still be inside step 1
+    // of the stopped request, and what they write for it from now on changes nothing.
     dc.neco_ok(0, &["recover"]).unwrap();
     let status = common::wait_completed(&dc, 0, &version);
     common::assert_all_completed(&status, &version, &[0, 1, 2]);
@@ -184,6 +164,78 @@ fn cut_off_in_the_middle_of_an_update(victim: Victim) {
     eprintln!(
         "dctest: partition/{victim:?} cut off: stopped {:.1}s after the cut ({reason}), total {:.1}s",
         stopped_after.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn an_etcd_members_machine_losing_power_in_the_middle_of_an_update_does_not_stop_it() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let started = Instant::now();
+    let mut dc = common::start();
+    let version = dc.version().to_owned();
+    prepare(&dc);
+    // The raft leader's machine is the one to lose; the other two are updated.
+    let lost = dc.etcd_leader().unwrap();
+    let updated: Vec<u32> = (0..3).filter(|lrn| *lrn != lost).collect();
+    eprintln!(
+        "dctest: partition: boot server {lost} holds the etcd raft leader; updating {updated:?}"
+    );
+    let starts = |dc: &DataCenter| -> Vec<(u32, u32)> {
+        updated
+            .iter()
+            .map(|lrn| {
+                let server = dc.server(*lrn).unwrap();
+                (server.updater().starts(), server.worker().starts())
+            })
+            .collect()
+    };
+    let frozen = hold_in_step_1(&dc, &updated);
+    let before = starts(&dc);
+
+    dc.kill_server(lost).unwrap();
+    let killed = Instant::now();
+    let leader = dc
+        .wait_until(
+            "the survivors elect a new raft leader",
+            Duration::from_secs(30),
+            |dc| match dc.etcd_leader() {
+                Ok(lrn) if lrn != lost => Ok(lrn),
+                other => Err(format!("{other:?}")),
+            },
+        )
+        .unwrap();
+    eprintln!(
+        "dctest: partition: boot server {leader} holds the raft leader {:.1}s after the power cut",
+        killed.elapsed().as_secs_f64()
+    );
+    drop(frozen);
+    let status = common::wait_completed(&dc, updated[0], &version);
+    common::assert_all_completed(&status, &version, &updated);
+    // `neco setup` requested the update (no begin notice): one success.
+    wait_for_success(&dc, &version, &[SUCCEEDED]);
+    // No daemon of the updated servers restarted (a later event than any exit: the update
+    // completed after the power cut).
+    assert_eq!(
+        starts(&dc),
+        before,
+        "starts (updater, worker) of {updated:?}"
+    );
+    for lrn in &updated {
+        let server = dc.server(*lrn).unwrap();
+        for daemon in [server.updater(), server.worker()] {
+            assert!(
+                daemon.exits().is_empty(),
+                "{}: {:?}",
+                daemon.name(),
+                daemon.exits()
+            );
+        }
+    }
+
+    eprintln!(
+        "dctest: partition: etcd member {lost} lost: update of {updated:?} completed {:.1}s after the power cut, total {:.1}s",
+        killed.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
 }

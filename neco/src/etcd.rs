@@ -9,7 +9,7 @@
 //! a timeout of its own and is retried on the next member until [`RETRY_FOR`] has passed;
 //! watches ([`crate::watch`]) reopen on the new member from the revision after the last one
 //! they saw. Answers are never retried (a failed comparison, a missing key, a denied
-//! permission).
+//! permission); every request is written to be safe to repeat.
 
 use crate::config::EtcdConfig;
 use crate::duration;
@@ -224,7 +224,11 @@ impl Etcd {
                     current.client = client;
                     drop(current);
                     self.inner.moved.send_replace(generation + 1);
-                    tracing::warn!(from = %failed, to = %endpoint, %reason, "moved to another etcd member");
+                    if index == start {
+                        tracing::warn!(%endpoint, %reason, "no other etcd member answers; reconnected to the same one");
+                    } else {
+                        tracing::warn!(from = %failed, to = %endpoint, %reason, "moved to another etcd member");
+                    }
                     return;
                 }
                 Err(message) => {
@@ -272,37 +276,6 @@ impl Etcd {
             self.failed(generation, &reason).await;
             tokio::time::sleep(RETRY_PAUSE).await;
         }
-    }
-
-    /// Runs a request that must not be repeated (its second attempt would answer differently
-    /// after a first that was applied): once, with the request timeout. A member failure still
-    /// moves the connection for the next request.
-    pub async fn call_once<T, Fut>(&self, op: &'static str, key: &str, request: Fut) -> Result<T>
-    where
-        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
-    {
-        let generation = self.client().1;
-        let reason = match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) if classify(&e) == Failure::Answer => {
-                return Err(StorageError::Etcd {
-                    op,
-                    key: key.to_owned(),
-                    source: Box::new(e),
-                })
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {}", duration::format(REQUEST_TIMEOUT)),
-        };
-        let endpoint = self.endpoint();
-        self.failed(generation, &reason).await;
-        Err(StorageError::Unavailable {
-            op,
-            key: key.to_owned(),
-            endpoint,
-            retried: "0s".into(),
-            message: reason,
-        })
     }
 }
 

@@ -14,9 +14,14 @@ use tokio::task::JoinHandle;
 const KEEP_ALIVE_RETRY: Duration = Duration::from_millis(300);
 
 /// A lease renewed by a background task every third of its TTL. A keep-alive that fails or
-/// gets no answer within that third is tried again (on another member when the connection
-/// moves) until the lease's deadline: the TTL after the last acknowledged keep-alive was sent.
-/// The lease counts as lost only when etcd says it is gone or that deadline passes.
+/// gets no answer within that third is tried again, on another member when the connection
+/// moves. The lease counts as lost when etcd says it is gone, or when no keep-alive was
+/// acknowledged for twice its TTL: a new raft leader extends every lease (by its election
+/// timeout, from the moment it leads), so a lease outlives one TTL counted from its last
+/// acknowledgement whenever an election is what kept the answers away, and a holder that gave
+/// up after one TTL would abandon a lease the cluster still holds. Nothing depends on a lease
+/// that is gone meanwhile: every write of a leader is guarded by its key, and the updater
+/// judges liveness by the keys it sees.
 ///
 /// Dropping it stops the renewal (the lease then expires); [`KeptLease::revoke`] ends it at
 /// once.
@@ -43,14 +48,21 @@ impl KeptLease {
         let etcd = storage.etcd().clone();
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let ttl = Duration::from_secs(u64::try_from(secs).unwrap_or(1));
-        // Counted from before the grant: the deadline is never later than etcd's.
-        let granted_at = Instant::now();
+        // Counted from the start of the attempt that was granted (the call retries): the
+        // deadline is never later than etcd's.
+        let attempt = std::sync::Mutex::new(Instant::now());
         // A repeated grant leaves an unused lease behind, which expires after its TTL.
         let granted = etcd
-            .call("lease grant", "", |mut client| async move {
-                client.lease_grant(secs, None).await
+            .call("lease grant", "", |mut client| {
+                *attempt
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+                async move { client.lease_grant(secs, None).await }
             })
             .await?;
+        let granted_at = *attempt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let id = granted.id();
         let (lost_tx, lost) = watch::channel(false);
         let task = tokio::spawn(keep_alive(etcd.clone(), id, ttl, granted_at + ttl, lost_tx));
@@ -139,11 +151,14 @@ async fn keep_alive(
         let generation = open
             .as_ref()
             .map_or_else(|| etcd.client().1, |o| o.generation);
-        let answer = match tokio::time::timeout(period, renew(&etcd, id, ttl, &mut open)).await {
+        // No attempt (nor reconnection) outlasts the moment of giving up.
+        let give_up = deadline + ttl;
+        let wait = period.min(give_up.saturating_duration_since(sent));
+        let answer = match tokio::time::timeout(wait, renew(&etcd, id, ttl, &mut open)).await {
             Ok(answer) => answer,
             Err(_) => Err(Renewal::Failed(format!(
                 "no answer within {}",
-                crate::duration::format(period)
+                crate::duration::format(wait)
             ))),
         };
         match answer {
@@ -159,14 +174,14 @@ async fn keep_alive(
             Err(Renewal::Failed(reason)) => {
                 open = None;
                 let now = Instant::now();
-                if now >= deadline {
-                    tracing::warn!(%lease, %reason, ttl = ?ttl, "lost the lease: no keep-alive was acknowledged within its TTL");
+                if now >= give_up {
+                    tracing::warn!(%lease, %reason, ttl = ?ttl, "lost the lease: no keep-alive was acknowledged for twice its TTL");
                     let _ = lost.send(true);
                     return;
                 }
-                tracing::warn!(%lease, %reason, left = ?(deadline - now), "a keep-alive failed; trying again");
-                etcd.failed(generation, &reason).await;
-                pause = KEEP_ALIVE_RETRY.min(deadline.saturating_duration_since(Instant::now()));
+                tracing::warn!(%lease, %reason, give_up_in = ?(give_up - now), "a keep-alive failed; trying again");
+                let _ = tokio::time::timeout(give_up - now, etcd.failed(generation, &reason)).await;
+                pause = KEEP_ALIVE_RETRY.min(give_up.saturating_duration_since(Instant::now()));
             }
         }
     }

@@ -406,31 +406,21 @@ impl Storage {
         self.put_value(&keys::bootserver(lrn), "").await
     }
 
-    /// Removes a boot server and what it recorded as installed, in one transaction.
+    /// Removes a boot server and what it recorded as installed, in one transaction. The
+    /// server must be registered when this starts; the removal itself is safe to repeat.
     pub async fn delete_bootserver(&self, lrn: Lrn) -> Result<()> {
         let server = self.key(&keys::bootserver(lrn));
         let install = self.key(&keys::install(lrn));
-        let txn = Txn::new().and_then(vec![
-            TxnOp::delete(server.as_bytes(), None),
-            TxnOp::delete(install.as_bytes(), Some(DeleteOptions::new().with_prefix())),
-        ]);
-        // Once: a repeated delete of a server that the first attempt removed says "not found".
-        let mut client = self.client();
-        let resp = self.etcd.call_once("txn", &server, client.txn(txn)).await?;
-        let deleted = resp
-            .op_responses()
-            .into_iter()
-            .next()
-            .and_then(|op| match op {
-                etcd_client::TxnOpResponse::Delete(d) => Some(d.deleted()),
-                _ => None,
-            })
-            .unwrap_or(0);
-        if deleted == 0 {
+        if self.get(&server, None).await?.kvs().is_empty() {
             return Err(StorageError::NotFound {
                 what: format!("boot server {lrn}"),
             });
         }
+        let txn = Txn::new().and_then(vec![
+            TxnOp::delete(server.as_bytes(), None),
+            TxnOp::delete(install.as_bytes(), Some(DeleteOptions::new().with_prefix())),
+        ]);
+        self.txn(&server, txn).await?;
         Ok(())
     }
 
@@ -530,13 +520,9 @@ impl Storage {
                 0,
             )])
             .and_then(ops);
-        // Once: a repeated setup after a first attempt that was applied says "already set up".
-        let mut client = self.client();
-        let resp = self
-            .etcd
-            .call_once("txn", &current, client.txn(txn))
-            .await?;
-        if !resp.succeeded() {
+        let resp = self.txn(&current, txn).await?;
+        // A retried attempt after a first one that was applied finds this very request.
+        if !resp.succeeded() && self.request().await?.map(|(r, _)| r).as_ref() != Some(&request) {
             return Err(StorageError::AlreadySetUp);
         }
         Ok(request)

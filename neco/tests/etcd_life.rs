@@ -254,8 +254,8 @@ async fn requests_watches_and_leases_move_to_another_member() {
 }
 
 /// A member that stalls for a second (SIGSTOP) does not cost a lease whose TTL is longer; one
-/// that stalls past the TTL does, and the holder learns it within about the TTL although no
-/// answer ever comes.
+/// that stalls for good does, and the holder learns it within twice the TTL although no answer
+/// ever comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_shorter_than_the_ttl_keeps_the_lease_a_longer_one_loses_it() {
     let etcd = EtcdCluster::single().unwrap();
@@ -294,8 +294,10 @@ async fn a_stall_shorter_than_the_ttl_keeps_the_lease_a_longer_one_loses_it() {
     let took = paused.elapsed();
     etcd.resume_member(0).unwrap();
     assert!(lost.is_ok(), "a stall longer than the TTL went unnoticed");
+    // Given up after twice the TTL without an acknowledged keep-alive (the last one was
+    // acknowledged before the stall).
     assert!(
-        took <= ttl + Duration::from_secs(2),
+        took <= 2 * ttl + Duration::from_secs(1),
         "the lost lease was noticed after {took:?} (TTL {ttl:?})"
     );
 }

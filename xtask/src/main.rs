@@ -376,8 +376,8 @@ fn suite_summary(suite: &str) -> &'static str {
         "bootstrap" => "on machines: dpkg -i starts both daemons under systemd; neco setup 0 1 2; the first update completes; images, service units running, debs, sabakan contents, notification",
         "upgrade" => "on machines: prod ignores a pre-release; staging self-updates every server under systemd (worker exit 10 and restart, updater restarted by the package, once each), all steps complete; promotion to prod",
         "functions" => "on machines: a broken image aborts, notifies and completes after neco recover; a dead worker stops the update within seconds",
-        "datacenter" => "on machines: leader updater killed, worker killed (systemd restarts them), a new machine joins and leaves, one etcd member killed",
-        "partition" => "on machines: a worker's machine, then the leader updater's, cut off in the middle of an update: stopped within seconds by the side with the quorum, the failure names that server; healed, neco recover completes it, each event notified once",
+        "datacenter" => "on machines: leader updater killed, worker killed (systemd restarts them), a new machine joins and leaves, one etcd member killed (its users move to another member, no daemon restarts, the reconfiguration completes without it)",
+        "partition" => "on machines: a worker's machine, then the leader updater's, cut off in the middle of an update: stopped within seconds by the side with the quorum, the failure names that server; healed, neco recover completes it, each event notified once; the raft leader's machine losing power mid-update: the update of the others completes without neco recover or a restart",
         _ => "",
     }
 }

@@ -113,7 +113,15 @@ pub fn wait_for_success(dc: &DataCenter, version: &str, expected: &[&str]) {
 
 /// `neco setup 0 1 2` on boot server 0 (the webhook is configured already).
 pub fn setup(dc: &DataCenter) {
-    let out = dc.neco_ok(0, &["setup", "0", "1", "2"]).unwrap();
+    setup_servers(dc, &[0, 1, 2]);
+}
+
+/// `neco setup <servers>` on the first of `servers`.
+pub fn setup_servers(dc: &DataCenter, servers: &[u32]) {
+    let args: Vec<String> = std::iter::once("setup".to_owned())
+        .chain(servers.iter().map(u32::to_string))
+        .collect();
+    let out = dc.neco_ok(servers[0], &args).unwrap();
     eprintln!("dctest: neco setup: {}", out.trim());
 }
 
@@ -160,23 +168,31 @@ fn signal(signal: &str, pid: u32) {
 /// The registry of the network stops answering, `neco setup 0 1 2` requests the update, and
 /// every worker is inside step 1, fetching images, until the returned guard is dropped.
 pub fn hold_every_worker_in_step_1(dc: &DataCenter) -> Frozen {
+    hold_in_step_1(dc, &[0, 1, 2])
+}
+
+/// Like [`hold_every_worker_in_step_1`], for an update of `servers` only (`neco setup` on the
+/// first of them).
+pub fn hold_in_step_1(dc: &DataCenter, servers: &[u32]) -> Frozen {
     let frozen = Frozen::new(
         dc.mirror
             .registry_view()
             .expect("the registry of the network")
             .pid(),
     );
-    setup(dc);
+    setup_servers(dc, servers);
+    let asked = servers[0];
     dc.wait_until("every worker runs step 1", Duration::from_secs(30), |dc| {
-        let status = dc.status_json(0).map_err(|e| e.to_string())?;
+        let status = dc.status_json(asked).map_err(|e| e.to_string())?;
         let running = status["request"]["statuses"].as_array().is_some_and(|s| {
-            s.len() == 3
+            s.len() == servers.len()
                 && s.iter()
                     .all(|s| s["step"] == 1 && s["condition"] == "running")
         });
-        let inside = dc
-            .servers()
-            .all(|s| s.worker().journal().contains("running step"));
+        let inside = servers.iter().all(|lrn| {
+            dc.server(*lrn)
+                .is_ok_and(|s| s.worker().journal().contains("running step"))
+        });
         (running && inside)
             .then_some(())
             .ok_or_else(|| status.to_string())
