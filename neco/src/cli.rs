@@ -60,7 +60,7 @@ pub enum Command {
 pub enum ConfigCommand {
     /// Set a key. Keys: env (none, test, staging, prod), slack (webhook URL), proxy (URL),
     /// check-update-interval and worker-timeout (durations such as 10m or 1h), github-token
-    /// (read from standard input when VALUE is omitted or `-`), test-version (YYYY.MM.DD-N).
+    /// (read from standard input only: VALUE omitted or `-`), test-version (YYYY.MM.DD-N).
     Set {
         #[arg(value_name = "KEY", value_parser = parse_key)]
         key: ConfigKey,

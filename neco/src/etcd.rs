@@ -6,7 +6,7 @@
 //! [`Etcd`] instead talks to one member and moves to the next (in the configured order,
 //! wrapping around) when a request fails in a way that another member may not: the member
 //! does not answer, its connection broke, or it is busy electing a leader. Every request gets
-//! a timeout of its own and is retried on the next member until [`RETRY_FOR`] has passed;
+//! a timeout of its own and is retried on the next member for a while ([`Patience`]);
 //! watches ([`crate::watch`]) reopen on the new member from the revision after the last one
 //! they saw. Answers are never retried (a failed comparison, a missing key, a denied
 //! permission); every request is written to be safe to repeat.
@@ -19,10 +19,29 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-/// How long one request may take before the member counts as failed.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a request is retried (on the next member each time) before it fails.
-pub const RETRY_FOR: Duration = Duration::from_secs(20);
+/// How long requests wait for a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Patience {
+    /// How long one request may take before its member counts as failed.
+    pub request_timeout: Duration,
+    /// How long a request is retried (on the next member each time) before it fails.
+    pub retry_for: Duration,
+}
+
+impl Patience {
+    /// The daemons: ride out an election, a stall or a member's death; fail (and be
+    /// restarted) only when no member serves for 20 s.
+    pub const DAEMON: Self = Self {
+        request_timeout: Duration::from_secs(5),
+        retry_for: Duration::from_secs(20),
+    };
+    /// The operator CLI: rides out an election, and says within seconds that etcd cannot be
+    /// reached.
+    pub const CLI: Self = Self {
+        request_timeout: Duration::from_secs(2),
+        retry_for: Duration::from_secs(6),
+    };
+}
 /// The pause between two attempts of one request.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// HTTP/2 pings on every connection, so that a watch or keep-alive stream to a member that is
@@ -87,6 +106,7 @@ struct Inner {
     endpoints: Vec<String>,
     options: ConnectOptions,
     dial_timeout: Duration,
+    patience: Patience,
     current: RwLock<Current>,
     /// One reconnection at a time: callers that saw the same failure wait for its outcome.
     moving: tokio::sync::Mutex<()>,
@@ -111,7 +131,7 @@ impl std::fmt::Debug for Etcd {
 
 impl Etcd {
     /// Connects to the first configured member that answers within the dial timeout.
-    pub async fn connect(config: &EtcdConfig) -> Result<Self> {
+    pub async fn connect(config: &EtcdConfig, patience: Patience) -> Result<Self> {
         let unreachable = |message: String| StorageError::Unreachable {
             endpoints: config.endpoints.join(","),
             timeout: duration::format(config.dial_timeout),
@@ -142,6 +162,7 @@ impl Etcd {
                             endpoints: config.endpoints.clone(),
                             options,
                             dial_timeout: config.dial_timeout,
+                            patience,
                             current: RwLock::new(Current {
                                 index,
                                 generation: 0,
@@ -176,6 +197,11 @@ impl Etcd {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.inner.endpoints[current.index].clone()
+    }
+
+    /// How long requests wait.
+    pub fn patience(&self) -> Patience {
+        self.inner.patience
     }
 
     /// Resolves when the connection moves past `generation`.
@@ -240,17 +266,22 @@ impl Etcd {
     }
 
     /// Runs a request on the current member, retried on the next members while its failures
-    /// are the members' ([`Failure::Member`]) and [`RETRY_FOR`] has not passed. `request` must
+    /// are the members' ([`Failure::Member`]) and the retry time ([`Patience`]) has not
+    /// passed. `request` must
     /// be safe to repeat: an attempt that timed out may have been applied.
     pub async fn call<T, F, Fut>(&self, op: &'static str, key: &str, mut request: F) -> Result<T>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        let deadline = Instant::now() + RETRY_FOR;
+        let Patience {
+            request_timeout,
+            retry_for,
+        } = self.inner.patience;
+        let deadline = Instant::now() + retry_for;
         loop {
             let (client, generation) = self.client();
-            let reason = match tokio::time::timeout(REQUEST_TIMEOUT, request(client)).await {
+            let reason = match tokio::time::timeout(request_timeout, request(client)).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(e)) if classify(&e) == Failure::Answer => {
                     return Err(StorageError::Etcd {
@@ -260,7 +291,7 @@ impl Etcd {
                     })
                 }
                 Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no answer within {}", duration::format(REQUEST_TIMEOUT)),
+                Err(_) => format!("no answer within {}", duration::format(request_timeout)),
             };
             let endpoint = self.endpoint();
             if Instant::now() >= deadline {
@@ -268,7 +299,7 @@ impl Etcd {
                     op,
                     key: key.to_owned(),
                     endpoint,
-                    retried: duration::format(RETRY_FOR),
+                    retried: duration::format(retry_for),
                     message: reason,
                 });
             }

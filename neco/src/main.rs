@@ -35,7 +35,7 @@ fn main() -> ExitCode {
 
 async fn connect(cli: &Cli) -> anyhow::Result<Storage> {
     let config = Config::load(&cli.root)?;
-    Ok(Storage::connect(&config.etcd).await?)
+    Ok(Storage::connect_with(&config.etcd, neco::etcd::Patience::CLI).await?)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -56,6 +56,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Setup { lrns } => {
             let version = neco::dpkg::installed_version(&cli.root, "neco")?
                 .context("the neco package is not installed under --root")?;
+            // The updater follows releases by this form: another version would be requested
+            // and never be completed or replaced.
+            if let Err(e) = version.parse::<ReleaseVersion>() {
+                bail!(
+                    "setup: the installed neco package has version {version:?}, not a release \
+                     version (YYYY.MM.DD-N: {e}); install a released neco package first"
+                );
+            }
             let request = storage
                 .setup(lrns, &version, time::OffsetDateTime::now_utc())
                 .await?;
@@ -119,7 +127,12 @@ async fn config(storage: &Storage, command: &ConfigCommand) -> anyhow::Result<Ex
     match command {
         ConfigCommand::Set { key, value } => {
             let value = match (key, value.as_deref()) {
-                (ConfigKey::GitHubToken, None | Some("-")) => {
+                (ConfigKey::GitHubToken, Some(v)) if v != "-" => bail!(
+                    "config set github-token: the token is read from standard input only (an \
+                     argument is visible in the process list and the shell history): \
+                     neco config set github-token < FILE"
+                ),
+                (ConfigKey::GitHubToken, _) => {
                     let mut token = String::new();
                     std::io::stdin()
                         .read_to_string(&mut token)

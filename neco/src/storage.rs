@@ -3,7 +3,7 @@
 //! everywhere, and removing a server's `install/<LRN>/` never touches another server's keys.
 
 use crate::config::EtcdConfig;
-use crate::etcd::Etcd;
+use crate::etcd::{Etcd, Patience};
 use crate::types::{ContentsStatus, Lrn, UpdateRequest, UpdateStatus};
 use crate::watch::{Seen, Watch};
 use etcd_client::{
@@ -261,8 +261,14 @@ impl Storage {
     /// Connects to the first configured member that answers within the dial timeout; requests
     /// move to the next member when it fails ([`Etcd`]).
     pub async fn connect(config: &EtcdConfig) -> Result<Self> {
+        Self::connect_with(config, Patience::DAEMON).await
+    }
+
+    /// [`Storage::connect`] with the given patience ([`Patience::CLI`] for the operator's
+    /// commands).
+    pub async fn connect_with(config: &EtcdConfig, patience: Patience) -> Result<Self> {
         Ok(Self {
-            etcd: Etcd::connect(config).await?,
+            etcd: Etcd::connect(config, patience).await?,
             prefix: config.prefix.clone(),
         })
     }

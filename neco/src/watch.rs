@@ -8,7 +8,7 @@
 //! caller that state ([`Seen::State`]), then goes on after the revision of the read. Callers
 //! decide from the state what they missed; none of them ends on a compaction.
 
-use crate::etcd::{classify, Etcd, Failure, RETRY_FOR};
+use crate::etcd::{classify, Etcd, Failure};
 use crate::storage::{Result, StorageError};
 use etcd_client::{Event, GetOptions, KeyValue, WatchOptions};
 use std::time::Instant;
@@ -39,7 +39,8 @@ pub(crate) struct Watch {
     /// The first revision not seen yet.
     next: i64,
     open: Option<Open>,
-    /// Since when reopening fails; a watch that cannot reopen for [`RETRY_FOR`] fails.
+    /// Since when reopening fails; a watch that cannot reopen for the retry time of its
+    /// connection ([`crate::etcd::Patience`]) fails.
     failing_since: Option<Instant>,
 }
 
@@ -137,7 +138,7 @@ impl Watch {
             };
             self.open = None;
             let since = *self.failing_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= RETRY_FOR {
+            if since.elapsed() >= self.etcd.patience().retry_for {
                 return Err(StorageError::WatchEnded {
                     key: self.key.clone(),
                     message: reason,

@@ -184,9 +184,19 @@ async fn config_github_token_is_read_from_stdin_and_masked() {
         .await;
     err.failure();
     assert!(!err.output().contains(TOKEN), "{err:?}");
+    // A token given as an argument is refused (it would be in `ps` and the shell history),
+    // not echoed, and nothing is written.
     let err = env.neco(&["config", "set", "github-token", &spaced]).await;
     err.failure();
     assert!(!err.output().contains(TOKEN), "{err:?}");
+    let err = env.neco(&["config", "set", "github-token", TOKEN]).await;
+    let message = err.failure();
+    assert!(message.contains("standard input only"), "{err:?}");
+    assert!(!err.output().contains(TOKEN), "{err:?}");
+    assert_eq!(
+        env.raw.get("config/github-token").await.as_deref(),
+        Some(other)
+    );
     let err = r
         .neco_stdin(&["config", "set", "github-token"], Some("\n"), &[])
         .await;
@@ -519,6 +529,15 @@ async fn setup_requests_the_installed_version_once() {
     // Without the package installed: refused, nothing written.
     let err = env.neco(&["setup", "0", "1", "2"]).await;
     assert!(err.failure().contains("neco"), "{err:?}");
+    assert!(env.raw.list("").await.is_empty());
+
+    // A package whose version is not a release version (a development build): refused,
+    // naming it, nothing written.
+    env.root.install_neco("0.1.0-dev");
+    let err = env.neco(&["setup", "0", "1", "2"]).await;
+    let message = err.failure();
+    assert!(message.contains("\"0.1.0-dev\""), "{err:?}");
+    assert!(message.contains("YYYY.MM.DD-N"), "{err:?}");
     assert!(env.raw.list("").await.is_empty());
 
     env.root.install_neco("2026.11.26-1");

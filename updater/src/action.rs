@@ -67,6 +67,20 @@ pub fn next_action(snapshot: &Snapshot, now: OffsetDateTime, timeout: Duration) 
             }
         }
     };
+    // A request that cannot be read is not "no request": writing a new one would bypass the
+    // operator (the update it held may be stopped, waiting for `neco recover`).
+    if let Some((key, error)) = snapshot
+        .malformed
+        .iter()
+        .find(|(key, _)| key.ends_with(neco::storage::keys::CURRENT))
+    {
+        return Action::Invalid {
+            reason: format!(
+                "{key} cannot be read ({error}): no update is requested until it is fixed or \
+                 deleted"
+            ),
+        };
+    }
     let Some(request) = &snapshot.request else {
         // No boot server registered yet (`neco setup` has not run): nothing to update. A
         // request for an empty list would make `neco setup` refuse to set the cluster up.
@@ -276,6 +290,30 @@ mod tests {
                     reason: "info/neco-release: \"release-x\" is not a neco release version YYYY.MM.DD-N: the date must be YYYY.MM.DD".into(),
                 },
             ),
+            (
+                "a malformed request is not overwritten",
+                Snapshot {
+                    malformed: vec![(
+                        "/neco/status/current".into(),
+                        "expected value at line 1 column 1".into(),
+                    )],
+                    ..snap(V2, None, &[], &[0, 1])
+                },
+                Action::Invalid {
+                    reason: "/neco/status/current cannot be read (expected value at line 1 column 1): no update is requested until it is fixed or deleted".into(),
+                },
+            ),
+            (
+                "a malformed status does not block a request",
+                Snapshot {
+                    malformed: vec![(
+                        "/neco/status/bootservers/1".into(),
+                        "expected value".into(),
+                    )],
+                    ..snap(V1, None, &[], &[0, 1])
+                },
+                Action::RequestUpdate,
+            ),
         ];
         for (name, snapshot, want) in rows {
             assert_eq!(next_action(&snapshot, now(), HOUR), want, "{name}");
@@ -328,6 +366,30 @@ mod tests {
                 "notified, nothing new",
                 with_notice(Some(completed.clone()), V1, &[0, 1]),
                 Action::WaitInfo,
+            ),
+            (
+                "a malformed request is not overwritten",
+                Snapshot {
+                    malformed: vec![(
+                        "/neco/status/current".into(),
+                        "expected value at line 1 column 1".into(),
+                    )],
+                    ..snap(V2, None, &[], &[0, 1])
+                },
+                Action::Invalid {
+                    reason: "/neco/status/current cannot be read (expected value at line 1 column 1): no update is requested until it is fixed or deleted".into(),
+                },
+            ),
+            (
+                "a malformed status does not block a request",
+                Snapshot {
+                    malformed: vec![(
+                        "/neco/status/bootservers/1".into(),
+                        "expected value".into(),
+                    )],
+                    ..snap(V1, None, &[], &[0, 1])
+                },
+                Action::RequestUpdate,
             ),
         ];
         for (name, snapshot, want) in rows {

@@ -160,8 +160,17 @@ impl Updater {
             match action {
                 Action::WaitInfo => self.storage.wait_info(snapshot.revision).await?,
                 Action::Invalid { reason } => {
-                    tracing::error!(%reason, "cannot act; waiting for info/ to change");
-                    self.storage.wait_info(snapshot.revision).await?;
+                    tracing::error!(%reason, "cannot act; waiting for info/ or status/current to change");
+                    let revision = snapshot.revision;
+                    tokio::select! {
+                        r = self.storage.wait_info(revision) => r?,
+                        r = self.storage.wait_request_deletion(revision) => r?,
+                        r = self.storage.wait_request(revision) => match r {
+                            // Rewritten, readable or not: decide again.
+                            Ok(_) | Err(StorageError::BadValue { .. }) => {}
+                            Err(e) => return Err(e),
+                        },
+                    }
                 }
                 Action::RequestUpdate => {
                     let request = UpdateRequest {

@@ -977,3 +977,60 @@ async fn dc_status(
     })
     .await;
 }
+
+/// A `status/current` that cannot be read is not taken for "no request": the updater writes
+/// no new request over it (the update it held may be stopped, waiting for `neco recover`),
+/// names the key in its log and `neco status` names it too; once the operator deletes it, the
+/// update is requested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_is_reported_and_never_overwritten() {
+    let dc = Dc::start().await;
+    for lrn in [0, 1, 2] {
+        dc.storage.register_bootserver(lrn).await.unwrap();
+    }
+    let mut raw = dc.raw().await;
+    raw.put("/neco/status/current", "{not json", None)
+        .await
+        .unwrap();
+    dc.storage.put_config(ConfigKey::Env, "test").await.unwrap();
+    dc.storage
+        .put_config(ConfigKey::TestVersion, V1)
+        .await
+        .unwrap();
+    let up = dc.updater(0);
+    wait_release(&dc, V1).await;
+    up.wait_action("invalid", 1, secs(10)).await;
+    let logged = up
+        .wait_log(
+            "cannot act; waiting for info/ or status/current to change",
+            secs(10),
+        )
+        .await;
+    assert!(
+        logged.to_string().contains("/neco/status/current"),
+        "{logged}"
+    );
+    // Another change under info/ makes it decide again, and again it writes nothing.
+    dc.storage.register_bootserver(3).await.unwrap();
+    up.wait_action("invalid", 2, secs(10)).await;
+    let current = raw.get("/neco/status/current", None).await.unwrap();
+    assert_eq!(current.kvs()[0].value(), b"{not json");
+    let report = neco::status::Report::read(&dc.storage).await.unwrap();
+    assert!(
+        report
+            .malformed
+            .iter()
+            .any(|(key, _)| key == "/neco/status/current"),
+        "{:?}",
+        report.malformed
+    );
+
+    // Deleted by the operator: the update is requested.
+    raw.delete("/neco/status/current", None).await.unwrap();
+    let request = dc
+        .wait_request("a request once the key is gone", secs(10), |r| {
+            r.version == V1 && !r.stop
+        })
+        .await;
+    assert_eq!(request.servers, vec![0, 1, 2, 3]);
+}
