@@ -105,6 +105,18 @@ impl Asset {
     pub fn is_uploaded(&self) -> bool {
         self.state == "uploaded"
     }
+
+    /// Whether the name can be used as a file name in a directory, or as one path segment
+    /// of a URL: not empty, not `.` or `..`, without `/`, `\\` or NUL. Names come from the
+    /// release's publisher: check this before joining one onto a path.
+    pub fn has_safe_name(&self) -> bool {
+        is_safe_file_name(&self.name)
+    }
+}
+
+/// See [`Asset::has_safe_name`].
+pub fn is_safe_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -493,6 +505,23 @@ fn rate_limit(got: &Fetched, now: u64) -> Option<Option<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_names_that_could_leave_their_directory_are_unsafe() {
+        for (name, safe) in [
+            ("neco_2026.12.01-1_amd64.deb", true),
+            ("..deb", true),
+            ("", false),
+            (".", false),
+            ("..", false),
+            ("../etc/passwd", false),
+            ("a/b.deb", false),
+            ("a\\b.deb", false),
+            ("a\0.deb", false),
+        ] {
+            assert_eq!(is_safe_file_name(name), safe, "{name:?}");
+        }
+    }
     use reqwest::header::HeaderMap;
 
     fn answer(status: u16, headers: &[(&'static str, &str)], body: &str) -> Fetched {

@@ -96,6 +96,9 @@ pub struct HttpOptions {
     pub user_agent: String,
     /// The longest a whole request may take, body included.
     pub timeout: Duration,
+    /// The URLs are credentials (a Slack webhook's path is its secret): logs, errors and
+    /// [`Fetched::url`] show their origin only (scheme, host, port).
+    pub secret_urls: bool,
 }
 
 impl Default for HttpOptions {
@@ -107,6 +110,7 @@ impl Default for HttpOptions {
             proxy: None,
             user_agent: concat!("neco-rs/", env!("CARGO_PKG_VERSION")).to_owned(),
             timeout: Duration::from_secs(120),
+            secret_urls: false,
         }
     }
 }
@@ -120,8 +124,22 @@ impl std::fmt::Debug for HttpOptions {
             .field("proxy", &self.proxy.as_ref().map(redacted))
             .field("user_agent", &self.user_agent)
             .field("timeout", &self.timeout)
+            .field("secret_urls", &self.secret_urls)
             .finish()
     }
+}
+
+/// `url` with its path `/` and neither user, password, query nor fragment: scheme, host and
+/// port only.
+fn origin_only(url: &Url) -> Url {
+    let mut origin = url.clone();
+    origin.set_path("/");
+    origin.set_query(None);
+    origin.set_fragment(None);
+    // Both fail only for URLs that cannot have a user (no host): there is none to remove.
+    let _ = origin.set_username("");
+    let _ = origin.set_password(None);
+    origin
 }
 
 /// `url` without its password, for messages.
@@ -140,6 +158,7 @@ pub struct Http {
     per_host: usize,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
     retry: RetryPolicy,
+    secret_urls: bool,
 }
 
 impl std::fmt::Debug for Http {
@@ -180,7 +199,10 @@ impl Http {
             builder = builder.proxy(proxy);
         }
         let client = builder.build().map_err(|e| build_error(error_chain(&e)))?;
-        Ok(Self::with_client(client, options.per_host, options.retry))
+        Ok(Self {
+            secret_urls: options.secret_urls,
+            ..Self::with_client(client, options.per_host, options.retry)
+        })
     }
 
     /// Wraps a client built elsewhere; `per_host`: the most requests in flight to one host
@@ -191,6 +213,27 @@ impl Http {
             per_host: per_host.max(1),
             limits: Mutex::new(HashMap::new()),
             retry,
+            secret_urls: false,
+        }
+    }
+
+    /// `url` as logs and errors show it: without its password, or only its origin when the
+    /// URLs are credentials ([`HttpOptions::secret_urls`]).
+    fn shown(&self, url: &Url) -> String {
+        if self.secret_urls {
+            format!("{}…", origin_only(url))
+        } else {
+            redacted(url)
+        }
+    }
+
+    /// A transport error on one line, its URL shown as [`Http::shown`] does.
+    fn describe(&self, e: &reqwest::Error, url: &Url) -> String {
+        let text = error_chain(e);
+        if self.secret_urls {
+            text.replace(url.as_str(), &self.shown(url))
+        } else {
+            text
         }
     }
 
@@ -217,6 +260,7 @@ impl Http {
     pub async fn fetch(&self, request: Request) -> Result<Fetched, HttpError> {
         let method = request.method().to_string();
         let url = request.url().clone();
+        let shown = self.shown(&url);
         let limit = self.limit_for(&url);
         let mut attempt = 0;
         loop {
@@ -224,21 +268,25 @@ impl Http {
             let Some(this) = request.try_clone() else {
                 return Err(HttpError::Transport {
                     method,
-                    url: url.to_string(),
+                    url: shown,
                     message: "request body cannot be retried".into(),
                 });
             };
             let outcome = {
                 let _permit = limit.acquire().await.map_err(|e| HttpError::Transport {
                     method: method.clone(),
-                    url: url.to_string(),
+                    url: shown.clone(),
                     message: e.to_string(),
                 })?;
                 match self.client.execute(this).await {
                     Ok(resp) => {
                         let status = resp.status();
                         let headers = resp.headers().clone();
-                        let final_url = resp.url().clone();
+                        let final_url = if self.secret_urls {
+                            origin_only(resp.url())
+                        } else {
+                            resp.url().clone()
+                        };
                         resp.bytes().await.map(|body| Fetched {
                             url: final_url,
                             status,
@@ -259,19 +307,20 @@ impl Http {
             };
             match (outcome, wait) {
                 (Ok(f), Some(wait)) if attempt < self.retry.attempts => {
-                    tracing::warn!(%url, status = %f.status, attempt, ?wait, "retrying");
+                    tracing::warn!(url = %shown, status = %f.status, attempt, ?wait, "retrying");
                     tokio::time::sleep(wait).await;
                 }
                 (Err(e), Some(wait)) if attempt < self.retry.attempts => {
-                    tracing::warn!(%url, error = %e, attempt, ?wait, "retrying");
+                    let error = self.describe(&e, &url);
+                    tracing::warn!(url = %shown, %error, attempt, ?wait, "retrying");
                     tokio::time::sleep(wait).await;
                 }
                 (Ok(f), _) => return Ok(f),
                 (Err(e), _) => {
                     return Err(HttpError::Transport {
                         method,
-                        url: url.to_string(),
-                        message: error_chain(&e),
+                        url: shown,
+                        message: self.describe(&e, &url),
                     })
                 }
             }

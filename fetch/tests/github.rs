@@ -8,12 +8,11 @@ mod common;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Router;
-use common::{api, http, seen, serve, taken, HOST_A, HOST_B};
+use common::{api, http, seen, serve, taken, LogBuffer, HOST_A, HOST_B};
 use dctest::{sha256_digest, AssetSpec, GitHubStandIn, ReleaseSpec};
 use fetch::github::{Asset, GitHub, GitHubError};
 use fetch::http::HttpError;
 use fetch::Secret;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -508,21 +507,6 @@ async fn a_403_that_is_no_rate_limit_is_access_denied() {
         "{e:?}"
     );
     assert!(e.to_string().contains(&base), "{e}");
-}
-
-/// Collects everything logged, at every level.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ mod common;
 
 use axum::http::{header, HeaderMap, Uri};
 use axum::Router;
-use common::{fast_retry, seen, serve, taken, HOST_A, HOST_B};
+use common::{fast_retry, seen, serve, taken, LogBuffer, HOST_A, HOST_B};
 use fetch::http::{Http, HttpOptions};
 use reqwest::{StatusCode, Url};
 use std::sync::Arc;
@@ -103,4 +103,52 @@ async fn without_a_proxy_the_target_is_reached_with_the_user_agent() {
     let got = http.fetch(request).await.unwrap();
     assert_eq!(got.body.as_ref(), b"direct");
     assert_eq!(taken(&saw), [Some("neco-custom/2".to_owned())]);
+}
+
+/// With `secret_urls` (a webhook, whose path is its secret), a failing request's retries,
+/// its errors and the response's URL show the origin only: neither a failing status nor a
+/// refused connection prints the path.
+#[tokio::test]
+async fn secret_urls_show_their_origin_only() {
+    const SECRET: &str = "T000/B000/XXXXsecretXXXX";
+    let (logs, _guard) = LogBuffer::capture();
+    let failing = serve(
+        HOST_A,
+        Router::new().fallback(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "no") }),
+    )
+    .await;
+    let closed = std::net::TcpListener::bind((HOST_B, 0)).unwrap();
+    let closed_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let http = Http::with_options(HttpOptions {
+        retry: fast_retry(2),
+        secret_urls: true,
+        ..HttpOptions::default()
+    })
+    .unwrap();
+    let mut errors = Vec::new();
+    for addr in [failing, closed_addr] {
+        let url = format!("http://{addr}/services/{SECRET}?token={SECRET}");
+        let request = http.client().post(&url).body("{}").build().unwrap();
+        match http.fetch(request).await {
+            Ok(got) => {
+                assert_eq!(got.url.as_str(), format!("http://{addr}/"));
+                errors.push(
+                    fetch::http::require_success("POST", got)
+                        .unwrap_err()
+                        .to_string(),
+                );
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    assert_eq!(errors.len(), 2);
+    for (error, addr) in errors.iter().zip([failing, closed_addr]) {
+        assert!(!error.contains(SECRET), "{error}");
+        assert!(error.contains(&addr.to_string()), "{error}");
+    }
+    let logged = logs.text();
+    assert!(logged.contains("retrying"), "{logged}");
+    assert!(!logged.contains(SECRET), "{logged}");
+    assert!(logged.contains(&failing.to_string()), "{logged}");
 }

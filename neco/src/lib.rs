@@ -40,16 +40,25 @@ pub fn http_client(
     per_host: usize,
     retry: fetch::http::RetryPolicy,
 ) -> Result<fetch::http::Http, String> {
+    fetch::http::Http::with_options(http_options(proxy, per_host, retry)?)
+        .map_err(|e| e.to_string())
+}
+
+/// The options of [`http_client`], for callers that change one.
+pub fn http_options(
+    proxy: Option<&str>,
+    per_host: usize,
+    retry: fetch::http::RetryPolicy,
+) -> Result<fetch::http::HttpOptions, String> {
     let proxy = proxy
         .map(|p| reqwest::Url::parse(p).map_err(|e| format!("config/proxy {p:?}: {e}")))
         .transpose()?;
-    fetch::http::Http::with_options(fetch::http::HttpOptions {
+    Ok(fetch::http::HttpOptions {
         per_host,
         retry,
         proxy,
         ..fetch::http::HttpOptions::default()
     })
-    .map_err(|e| e.to_string())
 }
 
 /// This host's name (the value of leader keys), `unknown` when it cannot be read.

@@ -127,11 +127,18 @@ pub enum NotifyError {
     BadUrl(String),
 }
 
-/// Posts notifications to one webhook URL.
-#[derive(Debug)]
+/// Posts notifications to one webhook URL (a credential: shown by its host only).
 pub struct Notifier {
     http: Http,
     url: reqwest::Url,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("host", &self.url.host_str())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Notifier {
@@ -143,7 +150,12 @@ impl Notifier {
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(2),
         };
-        let http = crate::http_client(proxy, 1, retry).map_err(NotifyError::BadUrl)?;
+        // The webhook URL is a credential: logs and errors name its host only.
+        let options = fetch::http::HttpOptions {
+            secret_urls: true,
+            ..crate::http_options(proxy, 1, retry).map_err(NotifyError::BadUrl)?
+        };
+        let http = Http::with_options(options)?;
         Ok(Self { http, url })
     }
 
@@ -157,7 +169,7 @@ impl Notifier {
             .timeout(Duration::from_secs(5))
             .json(&body)
             .build()
-            .map_err(|e| NotifyError::BadUrl(e.to_string()))?;
+            .map_err(|e| NotifyError::BadUrl(e.without_url().to_string()))?;
         require_success("POST", self.http.fetch(req).await?)?;
         Ok(())
     }
@@ -176,6 +188,25 @@ impl Notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The webhook URL's path is its secret: a failed post's error and the notifier's Debug
+    /// name the host only.
+    #[tokio::test]
+    async fn the_webhook_path_never_appears_in_errors() {
+        const SECRET: &str = "T000/B000/XXXXsecretXXXX";
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let notifier = Notifier::new(&format!("http://{addr}/services/{SECRET}"), None).unwrap();
+        assert!(!format!("{notifier:?}").contains(SECRET), "{notifier:?}");
+        let error = notifier
+            .notify(&Event::Succeeded, &request())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains(SECRET), "{error}");
+        assert!(error.contains(&addr.to_string()), "{error}");
+    }
 
     fn request() -> UpdateRequest {
         serde_json::from_str(

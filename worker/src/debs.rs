@@ -19,6 +19,12 @@ pub enum DebError {
         repository: String,
         tag: String,
     },
+    #[error("{package}: release {tag} has an asset named {name:?}, which is not a plain file name (a path, `..` or NUL): nothing was downloaded")]
+    UnsafeAssetName {
+        package: String,
+        tag: String,
+        name: String,
+    },
     #[error("{package}: release {tag} has no asset {wanted}")]
     NoAsset {
         package: String,
@@ -91,6 +97,14 @@ pub async fn find_asset(
             tag: tag.to_owned(),
             wanted: wanted.to_owned(),
         })?;
+    // The name becomes a file name in the cache: refuse one that is a path.
+    if !asset.has_safe_name() {
+        return Err(DebError::UnsafeAssetName {
+            package: package.to_owned(),
+            tag: tag.to_owned(),
+            name: asset.name,
+        });
+    }
     Ok((asset, release.assets))
 }
 
@@ -178,6 +192,13 @@ pub fn verify(package: &str, asset: &str, bytes: &[u8], expected: &str) -> Resul
 
 /// Writes a verified package to the cache under `root` (atomically) and returns its path.
 pub fn cache(root: &Path, package: &str, name: &str, bytes: &[u8]) -> Result<PathBuf, DebError> {
+    if !fetch::github::is_safe_file_name(name) {
+        return Err(DebError::UnsafeAssetName {
+            package: package.to_owned(),
+            tag: String::new(),
+            name: name.to_owned(),
+        });
+    }
     let dir = root.join(CACHE_DIR);
     let path = dir.join(name);
     let write_err = |source| DebError::Write {

@@ -217,6 +217,28 @@ async fn install_neco_verifies_before_installing() {
         .requests()
         .iter()
         .any(|r| r.path == format!("/download/{}/{name}", no_checksum.id)));
+
+    // An asset whose name is a path out of the cache (it matches `neco_*.deb`): refused,
+    // naming it, before anything is downloaded or written.
+    let escaping = format!("neco_../../../../tmp/evil_{NEW}_amd64.deb");
+    github.add_release(
+        "neco/escaping",
+        ReleaseSpec::new(TAG).asset(AssetSpec::new(&escaping, good.clone(), true)),
+    );
+    let root = root_with_old_neco();
+    let before = github.requests().len();
+    let e = install_neco(root.path(), &client, "neco/escaping", NEW)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DebError::UnsafeAssetName { .. }), "{e:?}");
+    assert!(e.to_string().contains(&escaping), "{e}");
+    assert_eq!(dpkg_version(root.path()).as_deref(), Some(OLD));
+    let downloads: Vec<_> = github.requests()[before..]
+        .iter()
+        .filter(|r| r.path.starts_with("/download/"))
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(downloads.is_empty(), "{downloads:?}");
 }
 
 // --- the binary ------------------------------------------------------------------------------
