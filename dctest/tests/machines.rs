@@ -239,14 +239,28 @@ fn mirror_images_run_in_podman_and_answer_their_repository_and_tag() -> dctest::
     let vault = SocketAddrV4::new(machine.address(), service_port("cybozu/vault"));
     assert_ne!(etcd.port(), vault.port());
 
+    // The answer at `addr` of the service run by the transient unit of `dir`; without one,
+    // the failure shows that unit's state and journal.
+    let answer = |addr: SocketAddrV4, dir: &str| -> String {
+        http_get(&lan, addr).unwrap_or_else(|e| {
+            let unit = format!("dctest-{dir}.service");
+            panic!(
+                "{e}\n{unit}: {:?}\n{}",
+                machine.unit_state(&unit),
+                machine.journal(&unit).unwrap_or_else(|e| e.to_string())
+            )
+        })
+    };
+
+    // One after the other, as a first podman run initialises the machine's storage.
     run("etcd", "etcd-old", "3.5.15.1")?;
-    run("vault", "vault", "1.18.1.1")?;
     assert_eq!(
-        http_get(&lan, etcd)?,
+        answer(etcd, "etcd-old"),
         http_response(&service_body("cybozu/etcd", "3.5.15.1"))
     );
-    assert!(http_get(&lan, etcd)?.ends_with("\r\n\r\ncybozu/etcd:3.5.15.1\n"));
-    assert!(http_get(&lan, vault)?.ends_with("\r\n\r\ncybozu/vault:1.18.1.1\n"));
+    run("vault", "vault", "1.18.1.1")?;
+    assert!(answer(etcd, "etcd-old").ends_with("\r\n\r\ncybozu/etcd:3.5.15.1\n"));
+    assert!(answer(vault, "vault").ends_with("\r\n\r\ncybozu/vault:1.18.1.1\n"));
 
     // podman stop's SIGTERM ends the program at once (it is PID 1 of its container).
     let stopping = Instant::now();
@@ -259,12 +273,9 @@ fn mirror_images_run_in_podman_and_answer_their_repository_and_tag() -> dctest::
 
     // The other tag of the repository, on the same port, answers its own tag.
     run("etcd", "etcd-new", "3.5.16.1")?;
-    let answer = http_get(&lan, etcd)?;
-    assert!(
-        answer.ends_with("\r\n\r\ncybozu/etcd:3.5.16.1\n"),
-        "{answer}"
-    );
-    assert!(!answer.contains("3.5.15.1"), "{answer}");
-    assert!(http_get(&lan, vault)?.ends_with("\r\n\r\ncybozu/vault:1.18.1.1\n"));
+    let new = answer(etcd, "etcd-new");
+    assert!(new.ends_with("\r\n\r\ncybozu/etcd:3.5.16.1\n"), "{new}");
+    assert!(!new.contains("3.5.15.1"), "{new}");
+    assert!(answer(vault, "vault").ends_with("\r\n\r\ncybozu/vault:1.18.1.1\n"));
     Ok(())
 }

@@ -512,14 +512,7 @@ async fn a_403_that_is_no_rate_limit_is_access_denied() {
 #[tokio::test]
 async fn the_token_never_appears_in_errors_or_logs() {
     const TOKEN: &str = "tok-never-printed-42";
-    let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = LogBuffer::capture();
 
     let token = Secret::new(TOKEN);
     let http = http(3);
@@ -550,7 +543,7 @@ async fn the_token_never_appears_in_errors_or_logs() {
         let shown = format!("{e} / {e:?}");
         assert!(!shown.contains(TOKEN), "{shown}");
     }
-    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let logged = logs.text();
     assert!(
         logged.contains("retrying"),
         "the retries are logged: {logged}"

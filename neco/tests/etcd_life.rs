@@ -42,6 +42,24 @@ async fn guard(raw: &mut Client, s: &Storage) -> String {
     key
 }
 
+/// The next `n` events of a status watch, each within `limit`.
+async fn next_events(
+    events: &mut neco::storage::StatusEvents,
+    n: usize,
+    limit: Duration,
+) -> Vec<StatusEvent> {
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        seen.push(
+            tokio::time::timeout(limit, events.next())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    seen
+}
+
 /// Compacts the history up to the current revision, as etcd's periodic compaction does.
 async fn compact_all(raw: &mut Client) -> i64 {
     let revision = raw
@@ -94,15 +112,7 @@ async fn waits_from_a_compacted_revision_read_the_state_instead_of_failing() {
     // The statuses written since: their last values, in revision order, then the request is
     // not repeated (it was written before the first status).
     let mut events = s.status_events(request_revision);
-    let mut seen = Vec::new();
-    for _ in 0..2 {
-        seen.push(
-            tokio::time::timeout(limit, events.next())
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    let seen = next_events(&mut events, 2, limit).await;
     assert_eq!(
         seen,
         vec![
@@ -115,10 +125,7 @@ async fn waits_from_a_compacted_revision_read_the_state_instead_of_failing() {
         .await
         .unwrap();
     assert_eq!(
-        tokio::time::timeout(limit, events.next())
-            .await
-            .unwrap()
-            .unwrap(),
+        next_events(&mut events, 1, limit).await[0],
         StatusEvent::Status(0, status(2, UpdateCondition::Running))
     );
     // A listed server without its liveness key is dead.
@@ -183,10 +190,7 @@ async fn requests_watches_and_leases_move_to_another_member() {
         .unwrap();
     let limit = Duration::from_secs(30);
     assert_eq!(
-        tokio::time::timeout(limit, events.next())
-            .await
-            .unwrap()
-            .unwrap(),
+        next_events(&mut events, 1, limit).await[0],
         StatusEvent::Status(0, status(1, UpdateCondition::Running))
     );
 
@@ -212,15 +216,7 @@ async fn requests_watches_and_leases_move_to_another_member() {
         .await
         .unwrap();
     assert_ne!(s.etcd().endpoint(), member);
-    let mut seen = Vec::new();
-    for _ in 0..2 {
-        seen.push(
-            tokio::time::timeout(limit, events.next())
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    let seen = next_events(&mut events, 2, limit).await;
     assert_eq!(
         seen,
         vec![

@@ -367,30 +367,6 @@ mod tests {
                 with_notice(Some(completed.clone()), V1, &[0, 1]),
                 Action::WaitInfo,
             ),
-            (
-                "a malformed request is not overwritten",
-                Snapshot {
-                    malformed: vec![(
-                        "/neco/status/current".into(),
-                        "expected value at line 1 column 1".into(),
-                    )],
-                    ..snap(V2, None, &[], &[0, 1])
-                },
-                Action::Invalid {
-                    reason: "/neco/status/current cannot be read (expected value at line 1 column 1): no update is requested until it is fixed or deleted".into(),
-                },
-            ),
-            (
-                "a malformed status does not block a request",
-                Snapshot {
-                    malformed: vec![(
-                        "/neco/status/bootservers/1".into(),
-                        "expected value".into(),
-                    )],
-                    ..snap(V1, None, &[], &[0, 1])
-                },
-                Action::RequestUpdate,
-            ),
         ];
         for (name, snapshot, want) in rows {
             assert_eq!(next_action(&snapshot, now(), HOUR), want, "{name}");

@@ -66,6 +66,18 @@ impl RunSteps for Gated {
     }
 }
 
+/// Worker 0 at version `V`, its steps never held.
+fn ungated_worker(storage: &Storage) -> Worker<'_, Gated> {
+    let (started, _) = mpsc::unbounded_channel();
+    let (steps, _) = Gated::new(0, &started, &[]);
+    Worker {
+        storage,
+        lrn: 0,
+        version: V.to_owned(),
+        steps,
+    }
+}
+
 async fn connect(endpoints: Vec<String>) -> Storage {
     Storage::connect(&EtcdConfig::plain(
         endpoints,
@@ -132,14 +144,7 @@ async fn a_worker_started_on_a_compacted_history_waits_for_the_next_request() {
     }
     compact_all(&storage).await;
 
-    let (started, _) = mpsc::unbounded_channel();
-    let (steps, _) = Gated::new(0, &started, &[]);
-    let worker = Worker {
-        storage: &storage,
-        lrn: 0,
-        version: V.to_owned(),
-        steps,
-    };
+    let worker = ungated_worker(&storage);
     let capture = Capture::default();
     let _subscriber = tracing::subscriber::set_default(capture.clone());
     let run = async {
@@ -179,14 +184,7 @@ async fn a_late_worker_whose_peers_report_was_compacted_completes() {
     put_status(&peer, 1, &st(V, 1, Running)).await;
     compact_all(&storage).await;
 
-    let (started, _) = mpsc::unbounded_channel();
-    let (steps, _) = Gated::new(0, &started, &[]);
-    let worker = Worker {
-        storage: &storage,
-        lrn: 0,
-        version: V.to_owned(),
-        steps,
-    };
+    let worker = ungated_worker(&storage);
     // Peer 1 has reported step 1 already; from step 2 on it answers each report.
     let peer_side = async {
         let mut events = peer.status_events(revision);
