@@ -257,6 +257,17 @@ impl std::fmt::Debug for Storage {
     }
 }
 
+/// A put that writes nothing when the key already holds `value`: a request retried after a
+/// first attempt that was applied (its answer lost with its member) adds no second event for
+/// the watchers (a worker at the next barrier would take a repeated status for a step back).
+fn put_once(key: &str, value: &str) -> TxnOp {
+    TxnOp::txn(
+        Txn::new()
+            .when(vec![Compare::value(key, CompareOp::Equal, value)])
+            .or_else(vec![TxnOp::put(key, value, None)]),
+    )
+}
+
 impl Storage {
     /// Connects to the first configured member that answers within the dial timeout; requests
     /// move to the next member when it fails ([`Etcd`]).
@@ -480,7 +491,7 @@ impl Storage {
         let key = self.key(keys::NECO_RELEASE);
         self.guarded(
             leader_key,
-            vec![TxnOp::put(key.as_bytes(), version, None)],
+            vec![put_once(&key, version)],
             keys::NECO_RELEASE,
         )
         .await
@@ -564,24 +575,16 @@ impl Storage {
     pub async fn put_request(&self, request: &UpdateRequest, leader_key: &str) -> Result<()> {
         let key = self.key(keys::CURRENT);
         let value = self.encode(keys::CURRENT, request)?;
-        self.guarded(
-            leader_key,
-            vec![TxnOp::put(key.as_bytes(), value, None)],
-            keys::CURRENT,
-        )
-        .await
+        self.guarded(leader_key, vec![put_once(&key, &value)], keys::CURRENT)
+            .await
     }
 
     /// Records that the success of `request` was notified.
     pub async fn put_notified(&self, request: &UpdateRequest, leader_key: &str) -> Result<()> {
         let key = self.key(keys::NOTIFIED);
         let value = self.encode(keys::NOTIFIED, request)?;
-        self.guarded(
-            leader_key,
-            vec![TxnOp::put(key.as_bytes(), value, None)],
-            keys::NOTIFIED,
-        )
-        .await
+        self.guarded(leader_key, vec![put_once(&key, &value)], keys::NOTIFIED)
+            .await
     }
 
     /// Writes the request and wipes every worker status, in one transaction.
@@ -595,13 +598,23 @@ impl Storage {
         let value = self.encode(keys::CURRENT, request)?;
         self.guarded(
             leader_key,
-            vec![
-                TxnOp::put(key.as_bytes(), value, None),
-                TxnOp::delete(
-                    statuses.as_bytes(),
-                    Some(DeleteOptions::new().with_prefix()),
-                ),
-            ],
+            // Once: a retry after an applied attempt would wipe the statuses the workers
+            // wrote for this request since.
+            vec![TxnOp::txn(
+                Txn::new()
+                    .when(vec![Compare::value(
+                        key.as_str(),
+                        CompareOp::Equal,
+                        value.as_str(),
+                    )])
+                    .or_else(vec![
+                        TxnOp::put(key.as_str(), value.as_str(), None),
+                        TxnOp::delete(
+                            statuses.as_bytes(),
+                            Some(DeleteOptions::new().with_prefix()),
+                        ),
+                    ]),
+            )],
             keys::CURRENT,
         )
         .await
@@ -627,7 +640,7 @@ impl Storage {
                 CompareOp::Equal,
                 request_revision,
             )])
-            .and_then(vec![TxnOp::put(key.as_bytes(), value, None)]);
+            .and_then(vec![put_once(&key, &value)]);
         if self.txn(&key, txn).await?.succeeded() {
             Ok(())
         } else {
@@ -789,12 +802,8 @@ impl Storage {
         let relative = keys::contents(target);
         let key = self.key(&relative);
         let value = self.encode(&relative, status)?;
-        self.guarded(
-            leader_key,
-            vec![TxnOp::put(key.as_bytes(), value, None)],
-            &relative,
-        )
-        .await
+        self.guarded(leader_key, vec![put_once(&key, &value)], &relative)
+            .await
     }
 
     pub async fn record_container(&self, lrn: Lrn, name: &str, tag: &str) -> Result<()> {
