@@ -659,8 +659,13 @@ impl Drop for DataCenter {
             );
         }
         // The machines are removed (halted, unmounted, their layers deleted) here, before the
-        // stand-ins and the network; with KEEP_ENV the consoles stay in the directory.
-        self.servers.clear();
+        // stand-ins and the network; with KEEP_ENV the consoles stay in the directory. They
+        // halt together: one by one, the last ones would halt without an etcd quorum.
+        std::thread::scope(|scope| {
+            for server in std::mem::take(&mut self.servers).into_values() {
+                scope.spawn(move || drop(server));
+            }
+        });
         if let Some(dir) = self.dir.take() {
             if failed && std::env::var_os(KEEP_ENV).is_some() {
                 eprintln!(

@@ -3,6 +3,7 @@
 //! A [`KeptLease`] is what binds a leader key or a liveness key to a living process: when the
 //! process dies, its keep-alives stop and etcd deletes the keys after the TTL.
 
+use crate::duration;
 use crate::etcd::{classify, Etcd, Failure};
 use crate::storage::{Storage, StorageError};
 use etcd_client::{LeaderKey, LeaseKeepAliveStream, LeaseKeeper, ResignOptions};
@@ -12,6 +13,8 @@ use tokio::task::JoinHandle;
 
 /// The pause before a keep-alive is tried again after a failed one.
 const KEEP_ALIVE_RETRY: Duration = Duration::from_millis(300);
+/// How long [`Leadership::resign`] may take before it leaves the lease to expire by itself.
+pub const RESIGN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A lease renewed by a background task every third of its TTL. A keep-alive that fails or
 /// gets no answer within that third is tried again, on another member when the connection
@@ -324,12 +327,32 @@ impl Leadership {
         self.lease.lost().await;
     }
 
-    /// Gives up the leadership and its lease.
+    /// Gives up the leadership and its lease, within [`RESIGN_TIMEOUT`].
+    ///
+    /// Resigning is a courtesy to the next leader (it need not wait for the lease's TTL): when
+    /// etcd does not answer in time (no quorum, e.g. while the machine shuts down), this gives
+    /// up and the lease expires by itself. It never keeps a process from stopping or from
+    /// campaigning again for longer than that.
     pub async fn resign(self) -> Result<(), StorageError> {
-        let mut client = self.lease.etcd.client().0;
-        let resign = client.resign(Some(ResignOptions::new().with_leader(self.leader.clone())));
-        // A hung resign must not keep the process from re-campaigning.
-        let _ = tokio::time::timeout(Duration::from_secs(5), resign).await;
-        self.lease.revoke().await
+        let key = self.key.clone();
+        let endpoint = self.lease.etcd.endpoint();
+        let resign = async move {
+            let mut client = self.lease.etcd.client().0;
+            // A failed resign leaves the key to the lease: revoking it deletes the key too.
+            let _ = client
+                .resign(Some(ResignOptions::new().with_leader(self.leader.clone())))
+                .await;
+            self.lease.revoke().await
+        };
+        match tokio::time::timeout(RESIGN_TIMEOUT, resign).await {
+            Ok(result) => result,
+            Err(_) => Err(StorageError::Unavailable {
+                op: "resign",
+                key,
+                endpoint,
+                retried: duration::format(RESIGN_TIMEOUT),
+                message: "no answer; the lease expires by itself".into(),
+            }),
+        }
     }
 }

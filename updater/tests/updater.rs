@@ -916,6 +916,39 @@ async fn sigterm_exits_0_and_hands_the_leadership_over_at_once() {
     assert_eq!(n, 1);
 }
 
+/// On a machine that shuts down, etcd may have no quorum any more: SIGTERM still ends the
+/// leader at once (its resignation gives up after `RESIGN_TIMEOUT` and leaves the lease to
+/// expire), not after the 20 s a daemon retries an unanswered request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_promptly_when_etcd_does_not_answer() {
+    let dc = Dc::start().await;
+    dc.storage.setup(&[0, 1, 2], V1, now()).await.unwrap();
+    let mut a = Updater::start("updater-0", &dc.root(0));
+    a.wait_log("became the leader", secs(10)).await;
+    a.wait_action("wait-for-workers", 1, secs(10)).await;
+    dc.etcd.pause_member(0).unwrap();
+    let term = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &a.child.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let (code, _) = wait_exit(&mut a, secs(30)).await;
+    let took = term.elapsed();
+    dc.etcd.resume_member(0).unwrap();
+    assert_eq!(code, Some(0), "{}", a.log_text());
+    assert!(
+        took < neco::lease::RESIGN_TIMEOUT + secs(3),
+        "the updater took {took:?} to exit after SIGTERM with etcd stalled: {}",
+        a.log_text()
+    );
+    assert!(
+        a.log_text().contains("resigning failed"),
+        "{}",
+        a.log_text()
+    );
+}
+
 /// The member the updater talks to dies in the middle of an update: the updater moves to
 /// another member without exiting, and sees the update through to its success notice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
