@@ -13,7 +13,7 @@
 //!   (Debian's `etcd.service`) on servers 0, 1 and 2, and the neco package installed with plain
 //!   `dpkg -i`, whose postinst starts `neco-updater` and `neco-worker` as systemd units.
 //!
-//! Everything is removed when the data center is dropped (machines halted, layers, mounts and
+//! Everything is removed when the data center is dropped (machines killed, layers, mounts and
 //! namespaces removed, processes stopped by PID), also when the test panics; a panicking test
 //! first gets the end of every journal on stderr.
 
@@ -658,9 +658,9 @@ impl Drop for DataCenter {
                 self.report(FAILURE_LOG_LINES)
             );
         }
-        // The machines are removed (halted, unmounted, their layers deleted) here, before the
-        // stand-ins and the network; with KEEP_ENV the consoles stay in the directory. They
-        // halt together: one by one, the last ones would halt without an etcd quorum.
+        // The machines are removed (killed, unmounted, their layers deleted) here, before the
+        // stand-ins and the network, all at once; with KEEP_ENV the consoles stay in the
+        // directory.
         std::thread::scope(|scope| {
             for server in std::mem::take(&mut self.servers).into_values() {
                 scope.spawn(move || drop(server));

@@ -377,11 +377,39 @@ impl EtcdClient {
     /// member id. Each member is asked on its own, so that a dead one does not hide the
     /// others' answers; the leader must be a member that answers.
     pub fn leader(&self) -> Result<(String, BTreeMap<String, u64>)> {
+        // All at once, with a short timeout: a powered-off member costs one timeout, not one
+        // per member asked after it.
+        let answers: Vec<(String, Result<String>)> = std::thread::scope(|scope| {
+            let asks: Vec<_> = self
+                .endpoints
+                .iter()
+                .map(|endpoint| {
+                    let one = Self::new(vec![endpoint.clone()], self.netns.as_deref());
+                    let ask = scope.spawn(move || {
+                        one.etcdctl_output(&[
+                            "--command-timeout=1s",
+                            "endpoint",
+                            "status",
+                            "-w",
+                            "json",
+                        ])
+                    });
+                    (endpoint.clone(), ask)
+                })
+                .collect();
+            asks.into_iter()
+                .map(|(endpoint, ask)| {
+                    let answer = ask.join().unwrap_or_else(|_| {
+                        Err(Error::InvalidArgument("etcdctl's thread panicked".into()))
+                    });
+                    (endpoint, answer)
+                })
+                .collect()
+        });
         let mut statuses = Vec::new();
         let mut failures = Vec::new();
-        for endpoint in &self.endpoints {
-            let one = Self::new(vec![endpoint.clone()], self.netns.as_deref());
-            match one.etcdctl_output(&["endpoint", "status", "-w", "json"]) {
+        for (endpoint, answer) in answers {
+            match answer {
                 Ok(text) => {
                     let answered: Vec<RawEndpointStatus> = serde_json::from_str(&text)?;
                     statuses.extend(answered);

@@ -272,14 +272,24 @@ impl ChildGuard {
             // The process may have exited in between; waiting tells.
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
+        match self.wait_timeout(grace)? {
+            Some(status) => Ok(status),
+            None => self.kill(),
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; `None` if it still runs.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
             if let Some(status) = self.try_wait()? {
-                return Ok(status);
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
             }
             std::thread::sleep(POLL_INTERVAL);
         }
-        self.kill()
     }
 
     /// Waits until `url` answers HTTP (see [`wait_for_http`]), failing early when the process

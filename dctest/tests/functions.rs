@@ -107,10 +107,27 @@ fn a_broken_image_aborts_and_neco_recover_completes_once_it_is_fixed() {
         "{:?}",
         notifications(&dc)
     );
-    // Stopped means stopped: nothing runs again by itself. (The workers' own statuses may
-    // still turn from running to aborted as each meets the broken image; the request does
-    // not change.)
-    std::thread::sleep(Duration::from_secs(2));
+    // Stopped means stopped: nothing runs again by itself. Each worker ends its part (it
+    // meets the broken image and aborts, or finds the request stopped); after that the
+    // request is still the stopped one.
+    dc.wait_until(
+        "every worker ends the stopped update",
+        Duration::from_secs(60),
+        |dc| {
+            let statuses = worker_statuses(dc);
+            let ended = dc.servers().all(|server| {
+                statuses
+                    .iter()
+                    .any(|(lrn, st)| *lrn == server.lrn() && st["cond"] == 2)
+                    || server
+                        .worker()
+                        .journal()
+                        .contains("the request changed; following the next one")
+            });
+            ended.then_some(()).ok_or_else(|| format!("{statuses:?}"))
+        },
+    )
+    .unwrap();
     let later = dc.status_json(0).unwrap();
     for field in ["version", "started_at", "stopped", "servers"] {
         assert_eq!(
