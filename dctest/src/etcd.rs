@@ -1,17 +1,23 @@
 //! A real etcd (Debian `etcd-server`) on loopback: one member or a cluster of several, each
 //! with its own ports and data directory, killed by PID on drop.
 //!
+//! [`EtcdCluster::secured`] starts a member as production runs it: clients need a certificate
+//! of the test's own CA ([`crate::pki`]), and etcd's authentication is on, with a user and
+//! password for the daemons.
+//!
 //! Election settings are fast (heartbeat 100 ms, election timeout 1 s) so that a cluster
 //! elects a new leader quickly after a member is killed, yet stable on a loaded machine.
 
 use crate::error::{Error, Result};
+use crate::pki::{CertPair, Pki};
 use crate::process::{free_port, ChildGuard};
 use crate::util::base64_decode;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 /// The etcd server binary of Debian's `etcd-server`.
@@ -34,6 +40,68 @@ struct Member {
     process: Option<ChildGuard>,
 }
 
+/// The user a secured cluster has for the daemons (role `neco`: read and write under
+/// `/neco/`).
+pub const SECURED_USER: &str = "neco";
+
+/// TLS and authentication of a [`EtcdCluster::secured`] member.
+#[derive(Debug)]
+pub struct EtcdSecurity {
+    pki: Pki,
+    server: CertPair,
+    /// `CN=root`: etcd takes a client certificate's CN as the user of a request without a
+    /// password token, so the fixture's own `etcdctl` is root without a password.
+    admin: CertPair,
+    /// `CN=neco`, the certificate of the daemons (who also give [`SECURED_USER`]'s password).
+    client: CertPair,
+    password: String,
+}
+
+impl EtcdSecurity {
+    fn new() -> Result<Self> {
+        let pki = Pki::new("dctest-etcd-ca")?;
+        let server = pki.server("etcd", "127.0.0.1")?;
+        let admin = pki.client("root")?;
+        let client = pki.client(SECURED_USER)?;
+        // Not a secret worth guarding (a test's own etcd), but not a constant either.
+        let password = format!(
+            "pw-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or_default()
+                ^ std::process::id()
+        );
+        Ok(Self {
+            pki,
+            server,
+            admin,
+            client,
+            password,
+        })
+    }
+
+    /// The CA that signed the server's and the clients' certificates.
+    pub fn ca(&self) -> PathBuf {
+        self.pki.ca()
+    }
+
+    /// The daemons' client certificate and key (`CN=neco`).
+    pub fn client(&self) -> &CertPair {
+        &self.client
+    }
+
+    /// The user of the daemons.
+    pub fn user(&self) -> &str {
+        SECURED_USER
+    }
+
+    /// Its password.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+}
+
 /// A running etcd cluster. Dropping it kills every member and removes the data.
 #[derive(Debug)]
 pub struct EtcdCluster {
@@ -41,6 +109,7 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
     token: String,
+    security: Option<EtcdSecurity>,
     dir: TempDir,
 }
 
@@ -52,6 +121,18 @@ impl EtcdCluster {
 
     /// Starts a cluster of `size` members and waits until each is healthy.
     pub fn start(size: usize) -> Result<Self> {
+        Self::start_with(size, false)
+    }
+
+    /// Starts a single member reached over mutual TLS only (client certificates of the
+    /// test's CA required) with authentication enabled: users `root` (the fixture's, by
+    /// certificate) and [`SECURED_USER`] with a password, whose role may read and write under
+    /// `/neco/`. See [`EtcdCluster::security`].
+    pub fn secured() -> Result<Self> {
+        Self::start_with(1, true)
+    }
+
+    fn start_with(size: usize, secured: bool) -> Result<Self> {
         if size == 0 {
             return Err(Error::InvalidArgument(
                 "an etcd cluster needs at least one member".into(),
@@ -65,7 +146,7 @@ impl EtcdCluster {
         }
         let mut last = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start(size) {
+            match Self::try_start(size, secured) {
                 Ok(cluster) => return Ok(cluster),
                 Err(e) => last = Some(e),
             }
@@ -73,7 +154,7 @@ impl EtcdCluster {
         Err(last.unwrap_or_else(|| Error::InvalidArgument("no start attempt was made".into())))
     }
 
-    fn try_start(size: usize) -> Result<Self> {
+    fn try_start(size: usize, secured: bool) -> Result<Self> {
         let dir = tempfile::tempdir().map_err(Error::io("creating the etcd directory"))?;
         let mut members = Vec::with_capacity(size);
         for i in 0..size {
@@ -99,10 +180,12 @@ impl EtcdCluster {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         );
+        let security = secured.then(EtcdSecurity::new).transpose()?;
         let mut cluster = Self {
             members,
             initial_cluster,
             token,
+            security,
             dir,
         };
         for i in 0..size {
@@ -111,10 +194,57 @@ impl EtcdCluster {
         for i in 0..size {
             cluster.wait_healthy(i)?;
         }
+        if cluster.security.is_some() {
+            cluster.enable_auth()?;
+        }
         Ok(cluster)
     }
 
+    /// The TLS and authentication of a [`EtcdCluster::secured`] cluster.
+    pub fn security(&self) -> Option<&EtcdSecurity> {
+        self.security.as_ref()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.security.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Users `root` and [`SECURED_USER`], the role of the latter, then `auth enable`.
+    fn enable_auth(&self) -> Result<()> {
+        let Some(security) = &self.security else {
+            return Ok(());
+        };
+        let client = self.client();
+        // The passwords go in on stdin, not in arguments (`--interactive=false` reads it).
+        client.etcdctl_with_input(
+            &["user", "add", "root", "--interactive=false"],
+            &format!("root-{}\n", security.password),
+        )?;
+        client.etcdctl_with_input(
+            &["user", "add", SECURED_USER, "--interactive=false"],
+            &format!("{}\n", security.password),
+        )?;
+        client.etcdctl_output(&["role", "add", SECURED_USER])?;
+        client.etcdctl_output(&[
+            "role",
+            "grant-permission",
+            SECURED_USER,
+            "--prefix=true",
+            "readwrite",
+            "/neco/",
+        ])?;
+        client.etcdctl_output(&["user", "grant-role", SECURED_USER, SECURED_USER])?;
+        client.etcdctl_output(&["auth", "enable"])?;
+        Ok(())
+    }
+
     fn spawn(&mut self, index: usize) -> Result<()> {
+        let scheme = self.scheme();
+        let security = self.security.as_ref();
         let member = self
             .members
             .get_mut(index)
@@ -127,9 +257,19 @@ impl EtcdCluster {
         let log_err = log
             .try_clone()
             .map_err(Error::io("duplicating the etcd log handle"))?;
-        let client = format!("http://127.0.0.1:{}", member.client_port);
+        let client = format!("{}://127.0.0.1:{}", scheme, member.client_port);
         let peer = format!("http://127.0.0.1:{}", member.peer_port);
         let mut command = Command::new(DEFAULT_BINARY);
+        if let Some(security) = security {
+            command
+                .arg("--cert-file")
+                .arg(&security.server.cert)
+                .arg("--key-file")
+                .arg(&security.server.key)
+                .arg("--trusted-ca-file")
+                .arg(security.pki.ca())
+                .arg("--client-cert-auth");
+        }
         command
             .arg("--name")
             .arg(&member.name)
@@ -166,6 +306,9 @@ impl EtcdCluster {
     }
 
     fn wait_healthy(&mut self, index: usize) -> Result<()> {
+        if self.security.is_some() {
+            return self.wait_healthy_secured(index);
+        }
         let member = self
             .members
             .get_mut(index)
@@ -189,11 +332,49 @@ impl EtcdCluster {
             })
     }
 
-    /// Client URLs of the members, e.g. `http://127.0.0.1:23790`.
+    /// `/health` needs a client certificate here: asked with `etcdctl endpoint health`.
+    fn wait_healthy_secured(&mut self, index: usize) -> Result<()> {
+        let endpoint = self
+            .endpoints()
+            .get(index)
+            .cloned()
+            .ok_or_else(|| Error::InvalidArgument(format!("no etcd member {index}")))?;
+        let client = EtcdClient {
+            endpoints: vec![endpoint.clone()],
+            ..self.client()
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let last_error = match client.etcdctl_output(&["endpoint", "health"]) {
+                Ok(_) => return Ok(()),
+                Err(e) => e.to_string(),
+            };
+            let member = &mut self.members[index];
+            if let Some(process) = member.process.as_mut() {
+                if let Some(status) = process.try_wait()? {
+                    return Err(Error::ProcessExited {
+                        name: process.name().to_owned(),
+                        status: status.to_string(),
+                        output: tail(&member.log_path),
+                    });
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("etcd {endpoint}"),
+                    timeout: START_TIMEOUT,
+                    last_error,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Client URLs of the members, e.g. `http://127.0.0.1:23790` (`https://` when secured).
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client_port))
             .collect()
     }
 
@@ -319,6 +500,8 @@ struct RawKeyValue {
 pub struct EtcdClient {
     endpoints: Vec<String>,
     netns: Option<PathBuf>,
+    /// The CA and the client certificate of a TLS cluster.
+    tls: Option<(PathBuf, CertPair)>,
 }
 
 impl EtcdClient {
@@ -327,7 +510,15 @@ impl EtcdClient {
         Self {
             endpoints,
             netns: netns.map(Path::to_owned),
+            tls: None,
         }
+    }
+
+    /// The same client, over TLS: the server's certificate checked against `ca`, `client` as
+    /// the client's certificate.
+    pub fn with_tls(mut self, ca: &Path, client: &CertPair) -> Self {
+        self.tls = Some((ca.to_owned(), client.clone()));
+        self
     }
 
     /// The endpoints it talks to.
@@ -346,7 +537,45 @@ impl EtcdClient {
             .arg(format!("--endpoints={}", self.endpoints.join(",")))
             .arg("--dial-timeout=2s")
             .arg("--command-timeout=5s");
+        if let Some((ca, client)) = &self.tls {
+            command
+                .arg("--cacert")
+                .arg(ca)
+                .arg("--cert")
+                .arg(&client.cert)
+                .arg("--key")
+                .arg(&client.key);
+        }
         command
+    }
+
+    /// Runs `etcdctl` with `args` and `input` on its stdin; a failure carries its stderr.
+    fn etcdctl_with_input(&self, args: &[&str], input: &str) -> Result<String> {
+        let shown = format!("etcdctl {}", args.join(" "));
+        let mut child = self
+            .etcdctl()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(Error::io(format!("running {shown}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(input.as_bytes())
+                .map_err(Error::io(format!("writing to {shown}")))?;
+        }
+        let output = child
+            .wait_with_output()
+            .map_err(Error::io(format!("waiting for {shown}")))?;
+        if !output.status.success() {
+            return Err(Error::ProcessExited {
+                name: shown,
+                status: output.status.to_string(),
+                output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// Runs `etcdctl` with `args` and returns its stdout; a failure carries its stderr.
@@ -384,7 +613,10 @@ impl EtcdClient {
                 .endpoints
                 .iter()
                 .map(|endpoint| {
-                    let one = Self::new(vec![endpoint.clone()], self.netns.as_deref());
+                    let one = Self {
+                        endpoints: vec![endpoint.clone()],
+                        ..self.clone()
+                    };
                     let ask = scope.spawn(move || {
                         one.etcdctl_output(&[
                             "--command-timeout=1s",
@@ -452,9 +684,12 @@ impl EtcdClient {
         let target = ids.get(endpoint).ok_or_else(|| {
             Error::InvalidArgument(format!("{endpoint} is not one of {:?}", self.endpoints))
         })?;
-        EtcdClient::new(vec![leader], self.netns.as_deref())
-            .etcdctl_output(&["move-leader", &format!("{target:x}")])
-            .map(drop)
+        EtcdClient {
+            endpoints: vec![leader],
+            ..self.clone()
+        }
+        .etcdctl_output(&["move-leader", &format!("{target:x}")])
+        .map(drop)
     }
 
     /// Every key under `prefix`, in key order.
@@ -501,9 +736,13 @@ impl EtcdCluster {
             .members
             .iter()
             .filter(|m| m.process.is_some())
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client_port))
             .collect();
-        EtcdClient::new(endpoints, None)
+        let client = EtcdClient::new(endpoints, None);
+        match &self.security {
+            Some(security) => client.with_tls(&security.pki.ca(), &security.admin),
+            None => client,
+        }
     }
 
     /// An `etcdctl` (API v3) command against the members that run, with short timeouts.

@@ -9,7 +9,8 @@
 //!   generated static program answering `<repository>:<tag>\n` over HTTP on
 //!   [`service_port`]`(repository)`, also written as an OCI image layout;
 //! - [`etcd`]: Debian's real etcd, one member or a cluster, with members that can be killed
-//!   and restarted;
+//!   and restarted, or one member with mutual TLS and authentication (certificates from
+//!   [`pki`], made with `openssl` in the test);
 //! - [`debs`]: reproducible Debian packages built with `dpkg-deb`;
 //! - [`mirror`]: a local mirror of upstream (registry, GitHub, feed) seeded from a TOML file;
 //! - [`machine`] and [`network`]: Debian machines booted with systemd as PID 1 by
@@ -39,6 +40,7 @@ mod http_server;
 pub mod machine;
 pub mod mirror;
 pub mod network;
+pub mod pki;
 pub mod process;
 pub mod registry;
 pub mod registry_standin;
@@ -51,7 +53,7 @@ pub mod webhook;
 pub use boot_server::{BootServer, Daemon};
 pub use datacenter::{DataCenter, PublishedRelease};
 pub use error::{Error, Result};
-pub use etcd::{EtcdClient, EtcdCluster, KeyValue};
+pub use etcd::{EtcdClient, EtcdCluster, EtcdSecurity, KeyValue};
 pub use feed::FeedServer;
 pub use github::{AssetSpec, GitHubStandIn, ReleaseSpec, UploadFault};
 pub use machine::{BaseImage, Machine, UnitState};

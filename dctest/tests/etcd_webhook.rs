@@ -103,3 +103,39 @@ fn the_raft_leadership_moves_to_the_member_asked_for() {
     client.move_leader_to(&now).expect("move-leader to itself");
     assert_eq!(client.leader().expect("endpoint status").0, now);
 }
+
+#[test]
+fn a_secured_member_needs_a_client_certificate_and_enforces_its_roles() {
+    let etcd = EtcdCluster::secured().unwrap();
+    let security = etcd.security().expect("a secured cluster has its security");
+    let endpoints = etcd.endpoints();
+    assert!(
+        endpoints[0].starts_with("https://127.0.0.1:"),
+        "{endpoints:?}"
+    );
+    // The fixture's own client (root, by its certificate) reads and writes anything.
+    etcd.etcdctl_output(&["put", "/other/key", "v"]).unwrap();
+    // The CA alone is not enough: the member wants a client certificate.
+    let ca = security.ca();
+    let ca = ca.to_string_lossy();
+    let anonymous = etcdctl(&endpoints, &["--cacert", &ca, "get", "/neco/x"]);
+    assert!(!anonymous.status.success(), "{anonymous:?}");
+    // The daemons' certificate (CN=neco) is the user neco: its role reaches /neco/ only.
+    let client = security.client();
+    let as_neco = |args: &[&str]| {
+        let cert = client.cert.to_string_lossy();
+        let key = client.key.to_string_lossy();
+        let mut all = vec!["--cacert", &ca, "--cert", &cert, "--key", &key];
+        all.extend_from_slice(args);
+        etcdctl(&endpoints, &all)
+    };
+    let put = as_neco(&["put", "/neco/x", "1"]);
+    assert!(put.status.success(), "{put:?}");
+    let denied = as_neco(&["put", "/other/key", "2"]);
+    assert!(!denied.status.success(), "{denied:?}");
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("permission denied"),
+        "{denied:?}"
+    );
+    assert_eq!(security.user(), "neco");
+}

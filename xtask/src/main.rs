@@ -241,6 +241,8 @@ const TEST_PACKAGES: &[&str] = &[
     "mmdebstrap",
     "systemd-container",
     "iproute2",
+    // The certificates of the TLS tests (a CA, server and client certificates).
+    "openssl",
 ];
 
 /// The version of the package `cargo xtask ci` builds and checks (dctest's: it parses as
