@@ -67,6 +67,7 @@ mod code {
     pub const DEADLINE_EXCEEDED: i32 = 4;
     pub const ABORTED: i32 = 10;
     pub const UNAVAILABLE: i32 = 14;
+    pub const UNAUTHENTICATED: i32 = 16;
 }
 
 /// Classifies an error of etcd-client.
@@ -76,6 +77,15 @@ pub(crate) fn classify(error: &etcd_client::Error) -> Failure {
         // The first keep-alive of a stream answers "lease not found" for a lease that is gone.
         E::LeaseKeepAliveError(message) if message.contains("not found") => Failure::Answer,
         E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => {
+            Failure::Member
+        }
+        // An auth token that etcd dropped (a simple token expires after five idle minutes,
+        // and every token of a user goes when its password is set): reconnecting
+        // authenticates again.
+        E::GRpcStatus(status)
+            if i32::from(status.code()) == code::UNAUTHENTICATED
+                && status.message().contains("invalid auth token") =>
+        {
             Failure::Member
         }
         E::GRpcStatus(status) => match i32::from(status.code()) {
@@ -147,7 +157,9 @@ impl Etcd {
             options = options.with_user(user.clone(), password.expose().to_owned());
         }
         if let Some(tls) = &config.tls {
-            options = options.with_tls(tls_options(tls).map_err(unreachable)?);
+            let tls =
+                tls_options(tls).map_err(|message| StorageError::Misconfigured { message })?;
+            options = options.with_tls(tls);
         }
         if config.endpoints.is_empty() {
             return Err(unreachable("no endpoint is configured".into()));
@@ -173,7 +185,12 @@ impl Etcd {
                         }),
                     });
                 }
-                Err(message) => failures.push(format!("{endpoint}: {message}")),
+                Err(error) => {
+                    if let Some(message) = misconfiguration(config, endpoint, &error) {
+                        return Err(StorageError::Misconfigured { message });
+                    }
+                    failures.push(format!("{endpoint}: {error}"));
+                }
             }
         }
         Err(unreachable(failures.join("; ")))
@@ -257,8 +274,8 @@ impl Etcd {
                     }
                     return;
                 }
-                Err(message) => {
-                    tracing::debug!(%endpoint, %message, "etcd member does not answer");
+                Err(error) => {
+                    tracing::debug!(%endpoint, %error, "etcd member does not answer");
                 }
             }
         }
@@ -310,36 +327,105 @@ impl Etcd {
     }
 }
 
+/// Why one member could not be connected to.
+#[derive(Debug)]
+enum ConnectError {
+    TimedOut,
+    Etcd(etcd_client::Error),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TimedOut => f.write_str("timed out"),
+            Self::Etcd(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 async fn connect_one(
     endpoint: &str,
     options: ConnectOptions,
     timeout: Duration,
-) -> std::result::Result<Client, String> {
+) -> std::result::Result<Client, ConnectError> {
+    // With a user, connecting authenticates (an RPC); otherwise the channel is lazy.
     let connect = Client::connect([endpoint], Some(options));
     let mut client = tokio::time::timeout(timeout, connect)
         .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| ConnectError::TimedOut)?
+        .map_err(ConnectError::Etcd)?;
     // A lazy channel connects on first use: prove that the member answers.
     tokio::time::timeout(timeout, client.status())
         .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| ConnectError::TimedOut)?
+        .map_err(ConnectError::Etcd)?;
     Ok(client)
 }
 
+/// The setting to blame when connecting failed in a way that no retry can cure: the server's
+/// certificate is not valid for the configured CA, or the server refused the user and
+/// password, or has no authentication for them. (A client certificate that the server refuses
+/// is not recognized: after a TLS 1.3 handshake the client only sees the connection closed.) `None` for anything else (a member down, a timeout).
+fn misconfiguration(config: &EtcdConfig, endpoint: &str, error: &ConnectError) -> Option<String> {
+    let ConnectError::Etcd(error) = error else {
+        return None;
+    };
+    // tonic reports a failed TLS handshake as a status with rustls's message, or as a
+    // transport error whose sources carry it.
+    let mut texts = Vec::new();
+    if let etcd_client::Error::GRpcStatus(status) = error {
+        texts.push(status.message().to_owned());
+    }
+    let mut source: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = source {
+        texts.push(e.to_string());
+        source = e.source();
+    }
+    let found = |needle: &str| texts.iter().find(|t| t.contains(needle)).cloned();
+    if let Some(text) = found("invalid peer certificate") {
+        return Some(match config.tls.as_ref().and_then(|t| t.ca.as_ref()) {
+            Some(ca) => format!(
+                "etcd.tls-ca {}: the certificate of {endpoint} is not valid for this CA ({text})",
+                ca.display()
+            ),
+            None => format!(
+                "the certificate of {endpoint} is not trusted ({text}); set etcd.tls-ca to the \
+                 CA that signed it"
+            ),
+        });
+    }
+    if let Some(text) = found("authentication failed") {
+        let user = config.username.as_deref().unwrap_or_default();
+        return Some(format!(
+            "etcd user {user:?}: {endpoint} refused the user name or its password ({text})"
+        ));
+    }
+    if let Some(text) = found("authentication is not enabled") {
+        return Some(format!(
+            "etcd.username is set, but {endpoint} does not use authentication ({text}): \
+             remove etcd.username and etcd.password"
+        ));
+    }
+    None
+}
+
+/// The TLS settings with their files read; an error names the setting and the file.
 fn tls_options(
     tls: &crate::config::TlsConfig,
 ) -> std::result::Result<etcd_client::TlsOptions, String> {
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    let read = |setting: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("{setting} {}: cannot read it: {e}", p.display()))
     };
     let mut options = etcd_client::TlsOptions::new();
     if let Some(ca) = &tls.ca {
-        options = options.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        options =
+            options.ca_certificate(etcd_client::Certificate::from_pem(read("etcd.tls-ca", ca)?));
     }
     if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-        options = options.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        options = options.identity(etcd_client::Identity::from_pem(
+            read("etcd.tls-cert", cert)?,
+            read("etcd.tls-key", key)?,
+        ));
     }
     Ok(options)
 }
