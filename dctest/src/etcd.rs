@@ -102,6 +102,70 @@ impl EtcdSecurity {
     }
 }
 
+impl EtcdSecurity {
+    /// What a boot server's config needs to reach this member (see [`NecoEtcdSettings`]).
+    pub fn neco_settings(&self) -> NecoEtcdSettings<'_> {
+        NecoEtcdSettings {
+            ca: self.pki.ca(),
+            cert: &self.client.cert,
+            key: Ok(&self.client.key),
+            user: SECURED_USER,
+            password: &self.password,
+        }
+    }
+}
+
+/// The TLS and authentication settings of neco's `etc/neco/config.toml`, each of which a test
+/// may make wrong.
+#[derive(Debug, Clone)]
+pub struct NecoEtcdSettings<'a> {
+    pub ca: PathBuf,
+    pub cert: &'a Path,
+    /// The key file, or a file name under `etc/neco/` that does not exist.
+    pub key: std::result::Result<&'a Path, &'a str>,
+    pub user: &'a str,
+    pub password: &'a str,
+}
+
+impl NecoEtcdSettings<'_> {
+    /// Copies the files into `<root>/etc/neco/` and adds the settings to the `[etcd]` table of
+    /// `<root>/etc/neco/config.toml`, naming the files `/etc/neco/ca.crt`, `etcd.crt` and
+    /// `etcd.key` (neco takes the config's paths under its root).
+    pub fn write_into(&self, root: &Path) -> Result<()> {
+        let etc = root.join("etc/neco");
+        let copy = |from: &Path, name: &str| {
+            std::fs::copy(from, etc.join(name)).map_err(Error::io(format!(
+                "copy {} into {}",
+                from.display(),
+                etc.display()
+            )))?;
+            Ok::<_, Error>(format!("/etc/neco/{name}"))
+        };
+        let ca = copy(&self.ca, "ca.crt")?;
+        let cert = copy(self.cert, "etcd.crt")?;
+        let key = match self.key {
+            Ok(path) => copy(path, "etcd.key")?,
+            Err(missing) => format!("/etc/neco/{missing}"),
+        };
+        let path = etc.join("config.toml");
+        let text = std::fs::read_to_string(&path)
+            .map_err(Error::io(format!("read {}", path.display())))?;
+        if !text.contains("[etcd]\n") {
+            return Err(Error::InvalidArgument(format!(
+                "{} has no [etcd] table",
+                path.display()
+            )));
+        }
+        let settings = format!(
+            "[etcd]\nusername = {:?}\npassword = {:?}\ntls-ca = {ca:?}\ntls-cert = {cert:?}\n\
+             tls-key = {key:?}\n",
+            self.user, self.password
+        );
+        std::fs::write(&path, text.replacen("[etcd]\n", &settings, 1))
+            .map_err(Error::io(format!("write {}", path.display())))
+    }
+}
+
 /// A running etcd cluster. Dropping it kills every member and removes the data.
 #[derive(Debug)]
 pub struct EtcdCluster {
@@ -211,6 +275,23 @@ impl EtcdCluster {
         } else {
             "http"
         }
+    }
+
+    /// Sets [`SECURED_USER`]'s password again (to the same one). etcd then drops every auth
+    /// token it handed out to that user, as when a token expires: a client must authenticate
+    /// again.
+    pub fn renew_user_password(&self) -> Result<()> {
+        let Some(security) = &self.security else {
+            return Err(Error::InvalidArgument(
+                "this etcd has no authentication".into(),
+            ));
+        };
+        self.client()
+            .etcdctl_with_input(
+                &["user", "passwd", SECURED_USER, "--interactive=false"],
+                &format!("{}\n", security.password),
+            )
+            .map(drop)
     }
 
     /// Users `root` and [`SECURED_USER`], the role of the latter, then `auth enable`.

@@ -53,7 +53,7 @@ pub mod webhook;
 pub use boot_server::{BootServer, Daemon};
 pub use datacenter::{DataCenter, PublishedRelease};
 pub use error::{Error, Result};
-pub use etcd::{EtcdClient, EtcdCluster, EtcdSecurity, KeyValue};
+pub use etcd::{EtcdClient, EtcdCluster, EtcdSecurity, KeyValue, NecoEtcdSettings};
 pub use feed::FeedServer;
 pub use github::{AssetSpec, GitHubStandIn, ReleaseSpec, UploadFault};
 pub use machine::{BaseImage, Machine, UnitState};

@@ -73,6 +73,10 @@ pub enum StorageError {
         timeout: String,
         message: String,
     },
+    /// The etcd settings of the configuration cannot work (a TLS file, the CA, the client
+    /// certificate, the user or password): a restart does not help.
+    #[error("etcd configuration: {message}")]
+    Misconfigured { message: String },
     #[error("etcd {op} {key}: {source}")]
     Etcd {
         op: &'static str,
@@ -114,6 +118,14 @@ pub enum StorageError {
     WatchEnded { key: String, message: String },
     #[error("etcd answered {what}")]
     Unexpected { what: String },
+}
+
+impl StorageError {
+    /// Whether the configuration must change before a retry can succeed (the daemons exit 2
+    /// then, which systemd does not restart).
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, Self::Misconfigured { .. })
+    }
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -627,3 +627,80 @@ async fn a_dead_etcd_member_does_not_break_the_cli() {
         root.neco(&["status", "--json"]).await.success();
     }
 }
+
+#[tokio::test]
+async fn a_secured_etcd_is_reached_with_tls_and_a_password_and_each_wrong_setting_is_a_configuration_error(
+) {
+    let etcd = dctest::EtcdCluster::secured().unwrap();
+    let security = etcd.security().unwrap();
+    let endpoints = etcd.endpoints();
+    let good = security.neco_settings();
+    let root = Root::empty();
+    common::write_secured_config(root.path(), &endpoints, &good);
+    root.neco(&["config", "set", "env", "staging"])
+        .await
+        .success();
+    assert_eq!(
+        root.neco(&["config", "get", "env"]).await.success(),
+        "staging\n"
+    );
+    root.neco(&["status", "--json"]).await.success();
+    assert_eq!(
+        etcd.get("/neco/config/env").unwrap().map(|kv| kv.value),
+        Some("staging".to_owned())
+    );
+
+    // Each wrong setting: exit 2 (configuration) at once, naming the file or the user, and
+    // never the password.
+    // (A client certificate that etcd refuses is not among them: after a TLS 1.3 handshake
+    // the client only sees the connection closed, as when a member goes away; etcd's log
+    // says why.)
+    let other_pki = dctest::pki::Pki::new("another-ca").unwrap();
+    let other_ca = other_pki.ca();
+    let wrong_password = "not-the-password";
+    let cases: Vec<(&str, dctest::NecoEtcdSettings<'_>, Vec<String>)> = vec![
+        (
+            "a CA that did not sign the server's certificate",
+            dctest::NecoEtcdSettings {
+                ca: other_ca,
+                ..good.clone()
+            },
+            vec!["etcd.tls-ca".into(), "/etc/neco/ca.crt".into()],
+        ),
+        (
+            "a key file that does not exist",
+            dctest::NecoEtcdSettings {
+                key: Err("missing.key"),
+                ..good.clone()
+            },
+            vec!["etcd.tls-key".into(), "/etc/neco/missing.key".into()],
+        ),
+        (
+            "a wrong password",
+            dctest::NecoEtcdSettings {
+                password: wrong_password,
+                ..good.clone()
+            },
+            vec![
+                format!("etcd user {:?}", security.user()),
+                "password".into(),
+            ],
+        ),
+    ];
+    for (what, secured, named) in cases {
+        let root = Root::empty();
+        common::write_secured_config(root.path(), &endpoints, &secured);
+        let out = root.neco(&["config", "get", "env"]).await;
+        eprintln!("{what}: {}", out.stderr.trim());
+        assert_eq!(out.code, Some(2), "{what}: {out:?}");
+        for name in named {
+            assert!(out.stderr.contains(&name), "{what}: no {name:?} in {out:?}");
+        }
+        assert!(!out.output().contains(wrong_password), "{what}: {out:?}");
+        assert!(
+            !out.output().contains(security.password()),
+            "{what}: {out:?}"
+        );
+        assert!(out.took < Duration::from_secs(5), "{what}: {out:?}");
+    }
+}

@@ -487,3 +487,37 @@ async fn a_standby_outlives_the_request_timeout() {
     let held = raw.get(second.key().as_bytes(), None).await.unwrap();
     assert_eq!(held.kvs().len(), 1);
 }
+
+/// etcd drops a user's auth tokens when its password is set (and a simple token expires after
+/// five idle minutes): the client authenticates again and the request goes through.
+#[tokio::test]
+async fn a_dropped_auth_token_is_renewed() {
+    let etcd = EtcdCluster::secured().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let etc = root.path().join("etc/neco");
+    std::fs::create_dir_all(&etc).unwrap();
+    let endpoints = format!("{:?}", etcd.endpoints()[0]);
+    std::fs::write(
+        etc.join("config.toml"),
+        format!("[etcd]\nendpoints = [{endpoints}]\n"),
+    )
+    .unwrap();
+    etcd.security()
+        .unwrap()
+        .neco_settings()
+        .write_into(root.path())
+        .unwrap();
+    let config = neco::config::Config::load(root.path()).unwrap();
+    let storage = Storage::connect(&config.etcd).await.unwrap();
+    storage.put_config(ConfigKey::Env, "staging").await.unwrap();
+    etcd.renew_user_password().unwrap();
+    assert_eq!(
+        storage.config(ConfigKey::Env).await.unwrap().as_deref(),
+        Some("staging")
+    );
+    storage.put_config(ConfigKey::Env, "prod").await.unwrap();
+    assert_eq!(
+        etcd.get("/neco/config/env").unwrap().map(|kv| kv.value),
+        Some("prod".to_owned())
+    );
+}

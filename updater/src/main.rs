@@ -6,12 +6,13 @@
 use anyhow::Context as _;
 use clap::Parser as _;
 use neco::config::Config;
-use neco::storage::Storage;
+use neco::storage::{Storage, StorageError};
 use std::process::ExitCode;
 use updater::cli::Cli;
 use updater::server;
 
-/// Exit status when the configuration is unusable (a restart does not help).
+/// Exit status when the configuration is unusable, its etcd settings included (a restart does
+/// not help).
 const EXIT_CONFIG: u8 = 2;
 /// Exit status of any other failure (etcd unreachable, …): the supervisor restarts the daemon.
 const EXIT_FAILURE: u8 = 1;
@@ -58,7 +59,13 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "exiting");
-            ExitCode::from(EXIT_FAILURE)
+            if e.downcast_ref::<StorageError>()
+                .is_some_and(StorageError::is_configuration)
+            {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
         }
     }
 }

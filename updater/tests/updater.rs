@@ -1067,3 +1067,40 @@ async fn a_malformed_request_is_reported_and_never_overwritten() {
         .await;
     assert_eq!(request.servers, vec![0, 1, 2, 3]);
 }
+
+/// etcd as production runs it: mutual TLS and a user with a password. The updater leads and
+/// requests the update through it; with a wrong password it exits 2 (configuration: systemd
+/// does not restart it) at once, naming the user, never printing the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_against_a_secured_etcd_and_a_wrong_password_is_a_configuration_error() {
+    let dc = Dc::with_etcd(dctest::EtcdCluster::secured().unwrap()).await;
+    dc.storage.setup(&[0, 1, 2], V1, now()).await.unwrap();
+    let updater = dc.updater(0);
+    updater.wait_log("became the leader", secs(10)).await;
+    updater.wait_action("wait-for-workers", 1, secs(10)).await;
+    let (request, _) = dc.storage.request().await.unwrap().unwrap();
+    assert_eq!(request.version, V1);
+    // Its leader key was written through the secured etcd (the fixture reads as root).
+    let leader = dc.etcd.get_prefix("/neco/leader/").unwrap();
+    assert_eq!(leader.len(), 1, "{leader:?}");
+    drop(updater);
+
+    let security = dc.etcd.security().unwrap();
+    let root = dc.root(1);
+    common::write_root(&root, &dc.etcd.endpoints(), &dc.github.base_url(), 1);
+    dctest::NecoEtcdSettings {
+        password: "not-the-password",
+        ..security.neco_settings()
+    }
+    .write_into(&root)
+    .unwrap();
+    let started = Instant::now();
+    let mut wrong = Updater::start("updater-1", &root);
+    let (code, _) = wait_exit(&mut wrong, secs(10)).await;
+    let log = wrong.log_text();
+    assert_eq!(code, Some(2), "{log}");
+    assert!(started.elapsed() < secs(5), "{log}");
+    assert!(log.contains(r#"etcd user \"neco\""#), "{log}");
+    assert!(!log.contains("not-the-password"), "{log}");
+    assert!(!log.contains(security.password()), "{log}");
+}

@@ -6,7 +6,7 @@ use fetch::github::GitHub;
 use fetch::http::RetryPolicy;
 use neco::config::Config;
 use neco::lease::KeptLease;
-use neco::storage::{ConfigKey, Storage, LIVENESS_TTL};
+use neco::storage::{ConfigKey, Storage, StorageError, LIVENESS_TTL};
 use neco::Secret;
 use std::path::Path;
 use std::process::ExitCode;
@@ -75,7 +75,13 @@ async fn run(cli: Cli) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "exiting");
-            ExitCode::from(EXIT_FAILURE)
+            if e.downcast_ref::<StorageError>()
+                .is_some_and(StorageError::is_configuration)
+            {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
         }
     }
 }

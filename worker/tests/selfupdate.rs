@@ -8,7 +8,6 @@ use dctest::debs::DebPackage;
 use dctest::{sha256_digest, AssetSpec, ChildGuard, EtcdCluster, GitHubStandIn, ReleaseSpec};
 use fetch::github::GitHub;
 use fetch::http::{Http, RetryPolicy};
-use neco::config::EtcdConfig;
 use neco::storage::Storage;
 use neco::types::UpdateRequest;
 use reqwest::Url;
@@ -245,7 +244,7 @@ async fn install_neco_verifies_before_installing() {
 
 struct Boot {
     /// Runs as long as the test holds it.
-    _etcd: EtcdCluster,
+    etcd: EtcdCluster,
     github: GitHubStandIn,
     root: TempDir,
     storage: Storage,
@@ -255,7 +254,12 @@ struct Boot {
 /// `cybozu-go/neco` release of `NEW` holds `deb` (published sums of the genuine deb), and a
 /// root of boot server 0 with neco `OLD` installed and configured to use both.
 async fn boot(deb: Vec<u8>) -> Boot {
-    let etcd = EtcdCluster::single().expect("start etcd");
+    boot_with(deb, EtcdCluster::single().expect("start etcd")).await
+}
+
+/// [`boot`] on `etcd`; the root's config has its TLS and authentication settings when it is
+/// secured, and the test's own client reads that config.
+async fn boot_with(deb: Vec<u8>, etcd: EtcdCluster) -> Boot {
     let github = GitHubStandIn::start(None).unwrap();
     let name = deb_name(NEW);
     github.add_release(
@@ -282,14 +286,12 @@ async fn boot(deb: Vec<u8>) -> Boot {
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::write(etc.join("config.toml"), config).unwrap();
     std::fs::write(etc.join("rack"), "0\n").unwrap();
+    if let Some(security) = etcd.security() {
+        security.neco_settings().write_into(root.path()).unwrap();
+    }
 
-    let storage = Storage::connect(&EtcdConfig::plain(
-        etcd.endpoints(),
-        "/neco/",
-        Duration::from_secs(5),
-    ))
-    .await
-    .unwrap();
+    let config = neco::config::Config::load(root.path()).unwrap();
+    let storage = Storage::connect(&config.etcd).await.unwrap();
     let guard = storage.key("test/guard");
     storage
         .client()
@@ -309,7 +311,7 @@ async fn boot(deb: Vec<u8>) -> Boot {
         .await
         .unwrap();
     Boot {
-        _etcd: etcd,
+        etcd,
         github,
         root,
         storage,
@@ -386,7 +388,46 @@ async fn within<T, F: std::future::Future<Output = Option<T>>>(
 
 #[tokio::test]
 async fn the_binary_installs_the_requested_release_and_exits_10() {
-    let boot = boot(deb(NEW)).await;
+    installs_the_requested_release_and_exits_10(boot(deb(NEW)).await).await;
+}
+
+/// The same self-update through etcd as production runs it (mutual TLS, a user with a
+/// password); then a key file that is not there: exit 2 (configuration, which systemd does
+/// not restart) at once, naming the setting and the file.
+#[tokio::test]
+async fn the_binary_updates_through_a_secured_etcd_and_a_missing_key_is_a_configuration_error() {
+    let etcd = EtcdCluster::secured().expect("start a secured etcd");
+    let boot = boot_with(deb(NEW), etcd).await;
+    let root = boot.root.path().to_owned();
+    let boot = installs_the_requested_release_and_exits_10(boot).await;
+
+    let security = boot.etcd.security().unwrap();
+    let config = root.join("etc/neco/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("/etc/neco/etcd.key", "/etc/neco/missing.key"),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut worker = boot.spawn();
+    let status = within(Duration::from_secs(10), || {
+        let status = worker.try_wait().unwrap();
+        async move { status }
+    })
+    .await
+    .unwrap_or_else(|| panic!("neco-worker did not exit; its log:\n{}", boot.log()));
+    let log = boot.log();
+    assert_eq!(status.code(), Some(2), "log:\n{log}");
+    assert!(started.elapsed() < Duration::from_secs(5), "log:\n{log}");
+    assert!(
+        log.contains("etcd.tls-key") && log.contains("/etc/neco/missing.key"),
+        "log:\n{log}"
+    );
+    assert!(!log.contains(security.password()), "log:\n{log}");
+}
+
+async fn installs_the_requested_release_and_exits_10(boot: Boot) -> Boot {
     let mut worker = boot.spawn();
     let status = within(Duration::from_secs(30), || {
         let status = worker.try_wait().unwrap();
@@ -407,6 +448,8 @@ async fn the_binary_installs_the_requested_release_and_exits_10() {
     );
     // The worker ran no step: it only installs the release it was asked for.
     assert_eq!(boot.storage.status(0).await.unwrap(), None);
+    drop(worker);
+    boot
 }
 
 #[tokio::test]

@@ -250,3 +250,13 @@ impl Raw {
             .collect()
     }
 }
+
+/// Writes `etc/neco/config.toml` for a secured etcd, with `settings`.
+pub fn write_secured_config(
+    root: &Path,
+    endpoints: &[String],
+    settings: &dctest::NecoEtcdSettings<'_>,
+) {
+    write_config(root, endpoints);
+    settings.write_into(root).unwrap();
+}

@@ -42,7 +42,13 @@ impl Dc {
         let github = GitHubStandIn::start(None).expect("start the GitHub stand-in");
         github.add_repo(REPO);
         let sink = WebhookSink::start().expect("start the webhook sink");
-        let storage = Storage::connect(&etcd_config(&etcd.endpoints()))
+        let dir = tempfile::tempdir().unwrap();
+        // The test's own client reads the same config as the daemons (TLS and a password
+        // when the etcd is secured).
+        let own = dir.path().join("test");
+        write_root_for(&etcd, &own, &github.base_url(), 0);
+        let config = neco::config::Config::load(&own).unwrap();
+        let storage = Storage::connect(&config.etcd)
             .await
             .expect("connect to etcd");
         // Fast settings for every test; the webhook goes to the sink.
@@ -59,14 +65,14 @@ impl Dc {
             github,
             sink,
             etcd,
-            dir: tempfile::tempdir().unwrap(),
+            dir,
         }
     }
 
     /// A boot-server root `<tmp>/boot-<lrn>` with `etc/neco/config.toml` and `etc/neco/rack`.
     pub fn root(&self, lrn: Lrn) -> PathBuf {
         let root = self.dir.path().join(format!("boot-{lrn}"));
-        write_root(&root, &self.etcd.endpoints(), &self.github.base_url(), lrn);
+        write_root_for(&self.etcd, &root, &self.github.base_url(), lrn);
         root
     }
 
@@ -226,6 +232,14 @@ impl Note {
 
 pub fn etcd_config(endpoints: &[String]) -> EtcdConfig {
     EtcdConfig::plain(endpoints.to_vec(), "/neco/", Duration::from_secs(3))
+}
+
+/// [`write_root`] for `etcd`, with its TLS and authentication settings when it is secured.
+pub fn write_root_for(etcd: &EtcdCluster, root: &Path, github: &str, lrn: Lrn) {
+    write_root(root, &etcd.endpoints(), github, lrn);
+    if let Some(security) = etcd.security() {
+        security.neco_settings().write_into(root).unwrap();
+    }
 }
 
 pub fn write_root(root: &Path, endpoints: &[String], github: &str, lrn: Lrn) {
