@@ -271,6 +271,22 @@ fn mirror_images_run_in_podman_and_answer_their_repository_and_tag() -> dctest::
         stopping.elapsed()
     );
 
+    // `--rm` removes the stopped container, after `podman stop` returned (podman's cleanup
+    // process does it): until then its name is taken. (Step 3's units run `podman rm
+    // --force` before they start for this reason.)
+    let removing = Instant::now();
+    while machine
+        .exec(&["podman", "container", "exists", "etcd"])?
+        .status
+        .success()
+    {
+        assert!(
+            removing.elapsed() < Duration::from_secs(20),
+            "podman run --rm did not remove the stopped container etcd"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // The other tag of the repository, on the same port, answers its own tag.
     run("etcd", "etcd-new", "3.5.16.1")?;
     let new = answer(etcd, "etcd-new");

@@ -347,6 +347,20 @@ impl Boot {
         ChildGuard::spawn("neco-worker", &mut command).unwrap()
     }
 
+    /// Waits up to `limit` for `worker` to exit; its log is in the panic when it does not.
+    async fn wait_exit(
+        &self,
+        worker: &mut ChildGuard,
+        limit: Duration,
+    ) -> std::process::ExitStatus {
+        within(limit, || {
+            let status = worker.try_wait().unwrap();
+            async move { status }
+        })
+        .await
+        .unwrap_or_else(|| panic!("neco-worker did not exit; its log:\n{}", self.log()))
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
@@ -411,12 +425,7 @@ async fn the_binary_updates_through_a_secured_etcd_and_a_missing_key_is_a_config
     .unwrap();
     let started = Instant::now();
     let mut worker = boot.spawn();
-    let status = within(Duration::from_secs(10), || {
-        let status = worker.try_wait().unwrap();
-        async move { status }
-    })
-    .await
-    .unwrap_or_else(|| panic!("neco-worker did not exit; its log:\n{}", boot.log()));
+    let status = boot.wait_exit(&mut worker, Duration::from_secs(10)).await;
     let log = boot.log();
     assert_eq!(status.code(), Some(2), "log:\n{log}");
     assert!(started.elapsed() < Duration::from_secs(5), "log:\n{log}");
@@ -429,12 +438,7 @@ async fn the_binary_updates_through_a_secured_etcd_and_a_missing_key_is_a_config
 
 async fn installs_the_requested_release_and_exits_10(boot: Boot) -> Boot {
     let mut worker = boot.spawn();
-    let status = within(Duration::from_secs(30), || {
-        let status = worker.try_wait().unwrap();
-        async move { status }
-    })
-    .await
-    .unwrap_or_else(|| panic!("neco-worker did not exit; its log:\n{}", boot.log()));
+    let status = boot.wait_exit(&mut worker, Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(EXIT_UPDATED), "log:\n{}", boot.log());
     assert_eq!(dpkg_version(boot.root.path()).as_deref(), Some(NEW));
     assert!(downloaded(&boot.github, &deb_name(NEW)));
