@@ -4,7 +4,7 @@
 
 use crate::config::EtcdConfig;
 use crate::etcd::{Etcd, Patience};
-use crate::types::{ContentsStatus, Lrn, UpdateRequest, UpdateStatus};
+use crate::types::{ContentsStatus, Lrn, PendingNotice, UpdateRequest, UpdateStatus};
 use crate::watch::{Seen, Watch};
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, Txn, TxnOp, WatchFilterType,
@@ -33,6 +33,10 @@ pub mod keys {
     /// after it sent the notice: a leader elected between a completion and its notice sends
     /// it (an extension of neco's schema; outside `status/`, which the workers watch).
     pub const NOTIFIED: &str = "notice/succeeded";
+    /// A begin or failure notice not sent yet ([`crate::types::PendingNotice`]): written with
+    /// the request that makes the event, removed by the leader once it sent it, so a leader
+    /// that dies in between leaves it to the next one (also an extension of neco's schema).
+    pub const PENDING_NOTICE: &str = "notice/pending";
 
     pub fn bootserver(lrn: Lrn) -> String {
         format!("{BOOTSERVERS}{lrn}")
@@ -244,6 +248,8 @@ pub struct Snapshot {
     pub malformed: Vec<(String, String)>,
     /// `notice/succeeded`: the last request whose success was notified.
     pub notified: Option<UpdateRequest>,
+    /// `notice/pending`: a begin or failure notice not sent yet.
+    pub pending_notice: Option<PendingNotice>,
 }
 
 /// An event of a watch on `status/`.
@@ -591,6 +597,47 @@ impl Storage {
             .await
     }
 
+    /// Writes the request and the notice it owes ([`keys::PENDING_NOTICE`]) while
+    /// `leader_key` exists, in one transaction.
+    pub async fn put_request_with_notice(
+        &self,
+        request: &UpdateRequest,
+        notice: &PendingNotice,
+        leader_key: &str,
+    ) -> Result<()> {
+        let key = self.key(keys::CURRENT);
+        let value = self.encode(keys::CURRENT, request)?;
+        let pending = self.key(keys::PENDING_NOTICE);
+        let notice = self.encode(keys::PENDING_NOTICE, notice)?;
+        self.guarded(
+            leader_key,
+            vec![put_once(&key, &value), put_once(&pending, &notice)],
+            keys::CURRENT,
+        )
+        .await
+    }
+
+    /// Removes the pending notice once it was sent, if it is still `notice` (while
+    /// `leader_key` exists).
+    pub async fn clear_notice(&self, notice: &PendingNotice, leader_key: &str) -> Result<()> {
+        let pending = self.key(keys::PENDING_NOTICE);
+        let value = self.encode(keys::PENDING_NOTICE, notice)?;
+        self.guarded(
+            leader_key,
+            vec![TxnOp::txn(
+                Txn::new()
+                    .when(vec![Compare::value(
+                        pending.as_str(),
+                        CompareOp::Equal,
+                        value.as_str(),
+                    )])
+                    .and_then(vec![TxnOp::delete(pending.as_bytes(), None)]),
+            )],
+            keys::PENDING_NOTICE,
+        )
+        .await
+    }
+
     /// Records that the success of `request` was notified.
     pub async fn put_notified(&self, request: &UpdateRequest, leader_key: &str) -> Result<()> {
         let key = self.key(keys::NOTIFIED);
@@ -600,14 +647,18 @@ impl Storage {
     }
 
     /// Writes the request and wipes every worker status, in one transaction.
+    /// The notice it owes is written with it.
     pub async fn put_reconfigure_request(
         &self,
         request: &UpdateRequest,
+        notice: &PendingNotice,
         leader_key: &str,
     ) -> Result<()> {
         let key = self.key(keys::CURRENT);
         let statuses = self.key(keys::STATUSES);
         let value = self.encode(keys::CURRENT, request)?;
+        let pending = self.key(keys::PENDING_NOTICE);
+        let notice = self.encode(keys::PENDING_NOTICE, notice)?;
         self.guarded(
             leader_key,
             // Once: a retry after an applied attempt would wipe the statuses the workers
@@ -625,6 +676,7 @@ impl Storage {
                             statuses.as_bytes(),
                             Some(DeleteOptions::new().with_prefix()),
                         ),
+                        TxnOp::put(pending.as_str(), notice.as_str(), None),
                     ]),
             )],
             keys::CURRENT,
@@ -678,6 +730,7 @@ impl Storage {
         let release_key = self.key(keys::NECO_RELEASE);
         let status_prefix = self.key(keys::STATUSES);
         let notified_key = self.key(keys::NOTIFIED);
+        let pending_key = self.key(keys::PENDING_NOTICE);
         let txn = Txn::new().and_then(vec![
             TxnOp::get(current.as_bytes(), None),
             TxnOp::get(
@@ -690,6 +743,7 @@ impl Storage {
                 Some(GetOptions::new().with_prefix()),
             ),
             TxnOp::get(notified_key.as_bytes(), None),
+            TxnOp::get(pending_key.as_bytes(), None),
         ]);
         let resp = self.txn(&current, txn).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
@@ -701,11 +755,11 @@ impl Storage {
                 _ => None,
             })
             .collect();
-        let [request_get, servers_get, release_get, statuses_get, notified_get] =
-            <[etcd_client::GetResponse; 5]>::try_from(gets).map_err(|gets| {
+        let [request_get, servers_get, release_get, statuses_get, notified_get, pending_get] =
+            <[etcd_client::GetResponse; 6]>::try_from(gets).map_err(|gets| {
                 StorageError::Unexpected {
                     what: format!(
-                        "the snapshot transaction with {} get responses, not 5",
+                        "the snapshot transaction with {} get responses, not 6",
                         gets.len()
                     ),
                 }
@@ -724,6 +778,16 @@ impl Storage {
         };
         let request = decode_request(&current, keys::CURRENT, &request_get);
         let notified = decode_request(&notified_key, keys::NOTIFIED, &notified_get);
+        let pending_notice = pending_get.kvs().first().and_then(|kv| {
+            let value = String::from_utf8_lossy(kv.value());
+            match self.decode::<PendingNotice>(keys::PENDING_NOTICE, &value) {
+                Ok(notice) => Some(notice),
+                Err(e) => {
+                    malformed.push((pending_key.clone(), e.to_string()));
+                    None
+                }
+            }
+        });
         let (servers, bad_servers) = self.parse_bootservers(servers_get.kvs());
         malformed.extend(bad_servers);
         let latest = release_get
@@ -756,6 +820,7 @@ impl Storage {
             servers,
             malformed,
             notified,
+            pending_notice,
         })
     }
 

@@ -22,6 +22,25 @@ pub struct UpdateRequest {
     pub started_at: OffsetDateTime,
 }
 
+/// `notice/pending`: a begin or failure notification that the updater leader owes, written in
+/// the same transaction as the request it is about (see [`crate::storage::keys::PENDING_NOTICE`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingNotice {
+    pub event: NoticeEvent,
+    /// The begin notice's detail, or the failure's reason.
+    pub text: String,
+    /// The request as it was when the event happened.
+    pub request: UpdateRequest,
+}
+
+/// Which notice is pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoticeEvent {
+    Begin,
+    Failed,
+}
+
 fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Lrn>, D::Error> {
     let mut servers = Option::<Vec<Lrn>>::deserialize(d)?.unwrap_or_default();
     servers.sort_unstable();

@@ -192,6 +192,7 @@ mod tests {
             latest: latest.into(),
             servers: servers.to_vec(),
             malformed: Vec::new(),
+            pending_notice: None,
         }
     }
 

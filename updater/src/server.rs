@@ -10,7 +10,9 @@ use neco::storage::{
     keys, ConfigKey, Snapshot, StatusEvent, Storage, StorageError, DEFAULT_CHECK_UPDATE_INTERVAL,
     DEFAULT_WORKER_TIMEOUT, LIVENESS_GRACE,
 };
-use neco::types::{update_completed, Lrn, UpdateCondition, UpdateRequest};
+use neco::types::{
+    update_completed, Lrn, NoticeEvent, PendingNotice, UpdateCondition, UpdateRequest,
+};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -152,6 +154,13 @@ impl Updater {
             for (key, error) in &snapshot.malformed {
                 tracing::error!(%key, %error, "ignoring a malformed value");
             }
+            // A notice owed first (this leader's, or one its predecessor died before sending):
+            // at least once, in the order of the events.
+            if let Some(notice) = &snapshot.pending_notice {
+                self.notify(notice_event(notice), &notice.request).await;
+                self.storage.clear_notice(notice, leader_key).await?;
+                continue;
+            }
             let timeout = self
                 .duration(ConfigKey::WorkerTimeout, DEFAULT_WORKER_TIMEOUT)
                 .await?;
@@ -179,15 +188,15 @@ impl Updater {
                         stop: false,
                         started_at: OffsetDateTime::now_utc(),
                     };
-                    self.storage.put_request(&request, leader_key).await?;
+                    let notice = PendingNotice {
+                        event: NoticeEvent::Begin,
+                        text: "start updating the new release.".into(),
+                        request: request.clone(),
+                    };
+                    self.storage
+                        .put_request_with_notice(&request, &notice, leader_key)
+                        .await?;
                     tracing::info!(version = %request.version, servers = ?request.servers, "requested an update");
-                    self.notify(
-                        Event::Begin {
-                            detail: "start updating the new release.".into(),
-                        },
-                        &request,
-                    )
-                    .await;
                 }
                 Action::Reconfigure => {
                     let Some(current) = &snapshot.request else {
@@ -199,17 +208,15 @@ impl Updater {
                         stop: false,
                         started_at: OffsetDateTime::now_utc(),
                     };
+                    let notice = PendingNotice {
+                        event: NoticeEvent::Begin,
+                        text: "start boot servers reconfiguration.".into(),
+                        request: request.clone(),
+                    };
                     self.storage
-                        .put_reconfigure_request(&request, leader_key)
+                        .put_reconfigure_request(&request, &notice, leader_key)
                         .await?;
                     tracing::info!(servers = ?request.servers, "requested a reconfiguration");
-                    self.notify(
-                        Event::Begin {
-                            detail: "start boot servers reconfiguration.".into(),
-                        },
-                        &request,
-                    )
-                    .await;
                 }
                 Action::WaitWorkers => {
                     let Some(request) = &snapshot.request else {
@@ -271,8 +278,9 @@ impl Updater {
         }
     }
 
-    /// Marks the request stopped and sends the failure notification (once per stop, also when
-    /// a newly elected leader finds an aborted or timed-out update).
+    /// Marks the request stopped, with the failure notice it owes (sent by the next turn of
+    /// the loop; once per stop, also when a newly elected leader finds an aborted or
+    /// timed-out update).
     async fn stop(
         &self,
         request: &UpdateRequest,
@@ -281,9 +289,15 @@ impl Updater {
     ) -> Result<(), StorageError> {
         let mut stopped = request.clone();
         stopped.stop = true;
-        self.storage.put_request(&stopped, leader_key).await?;
-        tracing::error!(version = %request.version, %reason, "stopped the update");
-        self.notify(Event::Failed { reason }, request).await;
+        let notice = PendingNotice {
+            event: NoticeEvent::Failed,
+            text: reason,
+            request: request.clone(),
+        };
+        self.storage
+            .put_request_with_notice(&stopped, &notice, leader_key)
+            .await?;
+        tracing::error!(version = %request.version, reason = %notice.text, "stopped the update");
         Ok(())
     }
 
@@ -363,5 +377,17 @@ impl Updater {
                 return Ok(());
             }
         }
+    }
+}
+
+/// The notification of a pending notice.
+fn notice_event(notice: &PendingNotice) -> Event {
+    match notice.event {
+        NoticeEvent::Begin => Event::Begin {
+            detail: notice.text.clone(),
+        },
+        NoticeEvent::Failed => Event::Failed {
+            reason: notice.text.clone(),
+        },
     }
 }

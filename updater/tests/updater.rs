@@ -1104,3 +1104,72 @@ async fn runs_against_a_secured_etcd_and_a_wrong_password_is_a_configuration_err
     assert!(!log.contains("not-the-password"), "{log}");
     assert!(!log.contains(security.password()), "{log}");
 }
+
+/// A leader that wrote a request or a stop and died before it sent the notice: the notice
+/// stays pending in etcd (written with the request, in one transaction), and the next leader
+/// sends it once and clears it before it goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_left_pending_by_a_dead_leader_is_sent_once_by_the_next() {
+    use neco::types::{NoticeEvent, PendingNotice, UpdateRequest};
+    let cases = [
+        (
+            NoticeEvent::Begin,
+            BEGIN,
+            "start updating the new release.",
+            false,
+            "wait-for-workers",
+        ),
+        (
+            NoticeEvent::Failed,
+            FAILURE,
+            "boot server 1 aborted at step 2: pull failed",
+            true,
+            "wait-for-user-recovery",
+        ),
+    ];
+    for (event, title, text, stop, then) in cases {
+        let dc = Dc::start().await;
+        dc.storage.setup(&[0, 1, 2], V1, now()).await.unwrap();
+        // The dead leader's writes, under a leader key that is gone since.
+        let mut raw = dc.raw().await;
+        let guard = dc.storage.key("leader/updater/dead");
+        raw.put(guard.as_str(), "dead", None).await.unwrap();
+        let (request, _) = dc.storage.request().await.unwrap().unwrap();
+        let written = UpdateRequest {
+            stop,
+            ..request.clone()
+        };
+        let notice = PendingNotice {
+            event,
+            text: text.into(),
+            request,
+        };
+        dc.storage
+            .put_request_with_notice(&written, &notice, &guard)
+            .await
+            .unwrap();
+        raw.delete(guard.as_str(), None).await.unwrap();
+        assert!(dc.etcd.get("/neco/notice/pending").unwrap().is_some());
+
+        let up = dc.updater(0);
+        let note = dc.wait_note(title, secs(10)).await;
+        if event == NoticeEvent::Failed {
+            assert!(
+                note.fields.iter().any(|(_, value)| value.contains(text)),
+                "{note:?}"
+            );
+        }
+        // It decides what to do next only after the notice was sent and cleared.
+        up.wait_action(then, 1, secs(10)).await;
+        assert_eq!(dc.etcd.get("/neco/notice/pending").unwrap(), None);
+        assert_eq!(
+            dc.notifications()
+                .iter()
+                .map(|n| n.title.as_str())
+                .collect::<Vec<_>>(),
+            [title],
+            "{event:?}"
+        );
+        assert_eq!(dc.request().await, written, "{event:?}");
+    }
+}
