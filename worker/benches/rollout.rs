@@ -23,7 +23,7 @@ use anyhow::{bail, Context as _};
 use dctest::EtcdCluster;
 use neco::config::EtcdConfig;
 use neco::storage::{StatusEvent, Storage};
-use neco::types::{Lrn, UpdateCondition, UpdateRequest, UpdateStatus};
+use neco::types::{Lrn, NoticeEvent, PendingNotice, UpdateCondition, UpdateRequest, UpdateStatus};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -323,11 +323,17 @@ async fn rollouts(
             stop: false,
             started_at: time::OffsetDateTime::now_utc(),
         };
+        // The begin notice the updater records with it (no updater runs to send it).
+        let notice = PendingNotice {
+            event: NoticeEvent::Begin,
+            text: "start boot servers reconfiguration.".into(),
+            request: request.clone(),
+        };
         let took = rollout(
             &admin,
             &mut fleet,
             &servers,
-            admin.put_reconfigure_request(&request, &leader),
+            admin.put_reconfigure_request(&request, &notice, &leader),
         )
         .await
         .with_context(|| format!("rollout {run} of {n} workers"))?;
