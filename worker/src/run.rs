@@ -165,6 +165,15 @@ impl<S: RunSteps> Worker<'_, S> {
             tracing::info!(version = %req.version, "already completed");
             return Ok(None);
         }
+        // Restarted after its own final step while a peer is still at it: nothing to run
+        // again (and a new status would disturb the peers' final barrier).
+        if statuses
+            .get(&self.lrn)
+            .is_some_and(|st| st.version == req.version && st.cond == UpdateCondition::Completed)
+        {
+            tracing::info!(version = %req.version, "this server completed the update; waiting for the next request");
+            return Ok(None);
+        }
         match self.update(req, revision).await? {
             Outcome::Completed => tracing::info!(version = %req.version, "update finished"),
             Outcome::Stopped => tracing::info!(version = %req.version, "the request was stopped"),

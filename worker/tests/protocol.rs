@@ -170,6 +170,15 @@ fn cases() -> Vec<Case> {
             ..Case::default()
         },
         Case {
+            name: "completed while a peer is still at the final step: waits, runs nothing",
+            before: vec![(0, st(V, f, Completed)), (1, st(V, f, Running))],
+            idle_log: Some("this server completed the update"),
+            then: vec![Act::Request(SENTINEL, &[0, 1], false)],
+            exit: WantExit::SelfUpdate(SENTINEL),
+            own: Some((f, Completed)),
+            ..Case::default()
+        },
+        Case {
             name: "previous-completed",
             before: vec![(0, st(V, f, Completed)), (1, st(V, f, Completed))],
             idle_log: Some("already completed"),
