@@ -9,6 +9,7 @@
 //! - [`run`]: the outer loop and the update of one request;
 //! - [`steps`]: the step table; [`services`]: unit files and service managers;
 //!   [`debs`]: pinned debs and neco's self-update; [`contents`]: sabakan uploads;
+//! - [`online`]: the HTTP client and GitHub token as `config/` says at each use;
 //! - [`cli`]: the command line (also rendered into the man page).
 
 pub mod barrier;
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod contents;
 pub mod debs;
 pub mod images;
+pub mod online;
 pub mod run;
 pub mod services;
 pub mod steps;

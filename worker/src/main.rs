@@ -6,13 +6,14 @@ use fetch::github::GitHub;
 use fetch::http::RetryPolicy;
 use neco::config::Config;
 use neco::lease::KeptLease;
-use neco::storage::{ConfigKey, Storage, StorageError, LIVENESS_TTL};
+use neco::storage::{Storage, StorageError, LIVENESS_TTL};
 use neco::Secret;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 use worker::cli::{Cli, Manager};
 use worker::debs::Startup;
+use worker::online::{Online, OnlineError};
 use worker::run::{Exit, Worker};
 use worker::services::{ActionLog, ServiceManager, Systemd};
 use worker::steps::StepContext;
@@ -171,13 +172,11 @@ async fn serve(cli: &Cli, config: &Config, lrn: u32, version: &str) -> anyhow::R
     storage.put_alive(lrn, lease.id(), version).await?;
     tracing::info!(lrn, version, "neco-worker started");
 
-    let proxy = storage.config(ConfigKey::Proxy).await?;
-    let token = storage
-        .config(ConfigKey::GitHubToken)
-        .await?
-        .map(Secret::new);
-    let http = neco::http_client(proxy.as_deref(), 4, RetryPolicy::default())
-        .map_err(anyhow::Error::msg)?;
+    // config/proxy and config/github-token are read at each use.
+    let online = Online::new(
+        storage.clone(),
+        neco::http_options(None, 4, RetryPolicy::default()).map_err(anyhow::Error::msg)?,
+    );
     let manager: Box<dyn ServiceManager> = match cli.service_manager {
         Manager::Systemd => Box::new(Systemd),
         Manager::Log => Box::new(ActionLog {
@@ -202,9 +201,8 @@ async fn serve(cli: &Cli, config: &Config, lrn: u32, version: &str) -> anyhow::R
             root: cli.root.clone(),
             lrn,
             storage: &storage,
-            http: &http,
+            online: &online,
             github_api: config.github.api.clone(),
-            github_token: token.clone(),
             sources: &config.sources,
             registry_credentials: credentials,
             service_manager: manager.as_ref(),
@@ -230,6 +228,20 @@ async fn serve(cli: &Cli, config: &Config, lrn: u32, version: &str) -> anyhow::R
                 revision,
             } => {
                 tracing::info!(from = version, to = %target, "self-update");
+                let http = match online.http().await {
+                    Ok(http) => http,
+                    // etcd did not answer: exit 1, a restart may cure it.
+                    Err(OnlineError::Storage(e)) => return Err(e.into()),
+                    Err(e @ OnlineError::Proxy(_)) => {
+                        tracing::error!(error = %e, "self-update failed; aborting the update");
+                        worker
+                            .report_self_update_failure(&target, revision, &e.to_string())
+                            .await?;
+                        after = Some(revision);
+                        continue;
+                    }
+                };
+                let token = online.github_token().await?;
                 let github = GitHub::new(&http, config.github.api.clone(), token.as_ref());
                 match worker::debs::install_neco(
                     &cli.root,

@@ -4,13 +4,12 @@
 use crate::contents::{self, Asset, Contents, Sabakan};
 use crate::debs;
 use crate::images;
+use crate::online::Online;
 use crate::services::{self, ServiceManager, ServiceSpec};
 use fetch::github::GitHub;
-use fetch::http::Http;
 use neco::config::ArtifactSources;
 use neco::storage::Storage;
 use neco::types::Lrn;
-use neco::Secret;
 use std::path::PathBuf;
 
 /// The steps, in order. The last one is a no-op barrier.
@@ -112,9 +111,9 @@ pub struct StepContext<'a> {
     pub root: PathBuf,
     pub lrn: Lrn,
     pub storage: &'a Storage,
-    pub http: &'a Http,
+    /// The HTTP client and the GitHub token, read from etcd at each step.
+    pub online: &'a Online,
     pub github_api: reqwest::Url,
-    pub github_token: Option<Secret>,
     pub sources: &'a ArtifactSources,
     pub registry_credentials: Option<fetch::registry::Credentials>,
     pub service_manager: &'a dyn ServiceManager,
@@ -160,6 +159,7 @@ impl StepContext<'_> {
     async fn fetch_images(&self) -> Result<(), StepError> {
         let step = Step::FetchImages;
         let images_dir = self.root.join(services::IMAGE_DIR);
+        let http = self.online.http().await.map_err(|e| Self::fail(step, e))?;
         for image in artifacts::ARTIFACTS.images {
             let name = image.name.as_str();
             let layout = services::layout_dir(&images_dir, image);
@@ -174,7 +174,7 @@ impl StepContext<'_> {
                 continue;
             }
             images::copy_image(
-                self.http,
+                &http,
                 &layout,
                 image,
                 &self.sources.registries,
@@ -193,11 +193,13 @@ impl StepContext<'_> {
 
     async fn install_debs(&self) -> Result<(), StepError> {
         let step = Step::InstallDebs;
-        let github = GitHub::new(
-            self.http,
-            self.github_api.clone(),
-            self.github_token.as_ref(),
-        );
+        let http = self.online.http().await.map_err(|e| Self::fail(step, e))?;
+        let token = self
+            .online
+            .github_token()
+            .await
+            .map_err(|e| Self::fail(step, e))?;
+        let github = GitHub::new(&http, self.github_api.clone(), token.as_ref());
         for deb in artifacts::ARTIFACTS.debs {
             let name = deb.name.as_str();
             let recorded = self
@@ -260,20 +262,14 @@ impl StepContext<'_> {
             initrd_url: url("flatcar_production_pxe_image.cpio.gz")?,
             assets,
         };
+        let http = self.online.http().await.map_err(|e| Self::fail(step, e))?;
         let sabakan = Sabakan {
-            http: self.http,
+            http: &http,
             base: self.sources.sabakan.clone(),
         };
-        contents::update_contents(
-            self.storage,
-            self.lrn,
-            version,
-            &sabakan,
-            self.http,
-            &contents,
-        )
-        .await
-        .map_err(|e| Self::fail(step, e))
+        contents::update_contents(self.storage, self.lrn, version, &sabakan, &http, &contents)
+            .await
+            .map_err(|e| Self::fail(step, e))
     }
 }
 

@@ -9,9 +9,9 @@ use dctest::debs::DebPackage;
 use dctest::mirror::{Mirror, MirrorSeed};
 use dctest::{sha256_digest, AssetSpec, EtcdCluster, FeedServer, GitHubStandIn, ReleaseSpec};
 use dctest::{PushedImage, SabakanStandIn};
-use fetch::http::{Http, RetryPolicy};
+use fetch::http::{HttpOptions, RetryPolicy};
 use neco::config::{ArtifactSources, EtcdConfig};
-use neco::storage::Storage;
+use neco::storage::{ConfigKey, Storage};
 use neco::types::ContentsStatus;
 use reqwest::Url;
 use std::collections::BTreeMap;
@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use tempfile::TempDir;
+use worker::online::Online;
 use worker::services::{ActionLog, IMAGE_DIR, UNIT_DIR};
 use worker::steps::{services, Step, StepContext};
 
@@ -27,21 +28,18 @@ use worker::steps::{services, Step, StepContext};
 const V: &str = "2026.11.26-1";
 const ETCDPASSWD: &artifacts::DebianPackage = &artifacts::debs::ETCDPASSWD;
 
-fn http() -> Http {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("build the HTTP client");
-    Http::with_client(
-        client,
-        4,
-        RetryPolicy {
+/// The worker's client options, with short timeouts and retries.
+fn http_options() -> HttpOptions {
+    HttpOptions {
+        per_host: 4,
+        retry: RetryPolicy {
             attempts: 2,
             base_delay: Duration::from_millis(5),
             max_delay: Duration::from_millis(50),
         },
-    )
+        timeout: Duration::from_secs(20),
+        ..HttpOptions::default()
+    }
 }
 
 fn url(text: &str) -> Url {
@@ -119,7 +117,7 @@ impl Server {
 /// What the steps reach: etcd, an HTTP client and the endpoints.
 struct Env {
     storage: Storage,
-    http: Http,
+    online: Online,
     github_api: Url,
     sources: ArtifactSources,
 }
@@ -127,8 +125,8 @@ struct Env {
 impl Env {
     fn new(storage: Storage, github_api: &str, sources: ArtifactSources) -> Self {
         Self {
+            online: Online::new(storage.clone(), http_options()),
             storage,
-            http: http(),
             github_api: url(github_api),
             sources,
         }
@@ -139,9 +137,8 @@ impl Env {
             root: server.path().to_owned(),
             lrn: server.lrn,
             storage: &self.storage,
-            http: &self.http,
+            online: &self.online,
             github_api: self.github_api.clone(),
-            github_token: None,
             sources: &self.sources,
             registry_credentials: None,
             service_manager: &server.actions,
@@ -170,7 +167,12 @@ fn pinned_deb() -> Vec<u8> {
 
 /// A GitHub stand-in whose etcdpasswd release carries `deb` under the pinned asset name.
 fn github_with(deb: Vec<u8>) -> GitHubStandIn {
-    let github = GitHubStandIn::start(None).unwrap();
+    github_with_token(deb, None)
+}
+
+/// [`github_with`], answering only requests with `token`.
+fn github_with_token(deb: Vec<u8>, token: Option<&str>) -> GitHubStandIn {
+    let github = GitHubStandIn::start(token.map(str::to_owned)).unwrap();
     github.add_release(
         ETCDPASSWD.repository.as_str(),
         ReleaseSpec::new(ETCDPASSWD.release.as_str()).asset(AssetSpec::new(
@@ -383,6 +385,46 @@ async fn step2_installs_the_pinned_deb() {
     let asked = github.requests().len();
     ctx.run(Step::InstallDebs, V).await.unwrap();
     assert_eq!(github.requests().len(), asked);
+}
+
+/// `neco config set github-token` and `proxy` apply to the next step: the worker reads them
+/// when it uses them, not once at its start.
+#[tokio::test]
+async fn step2_uses_the_github_token_and_proxy_that_config_holds_at_the_step() {
+    let etcd = EtcdCluster::single().expect("start etcd");
+    let github = github_with_token(pinned_deb(), Some("token-2"));
+    let env = Env::new(
+        connect(&etcd).await,
+        &github.base_url(),
+        sources(&dead_url(), &dead_url(), &dead_url()),
+    );
+    let server = Server::new(0);
+    let ctx = env.ctx(&server);
+    env.storage
+        .put_config(ConfigKey::GitHubToken, "token-1")
+        .await
+        .unwrap();
+    let refused = ctx.run(Step::InstallDebs, V).await.unwrap_err();
+    assert!(refused.message.contains("401"), "{refused}");
+
+    // Through a proxy that is not there: refused before GitHub is asked.
+    env.storage
+        .put_config(ConfigKey::GitHubToken, "token-2")
+        .await
+        .unwrap();
+    env.storage
+        .put_config(ConfigKey::Proxy, &dead_url())
+        .await
+        .unwrap();
+    let asked = github.requests().len();
+    let unreachable = ctx.run(Step::InstallDebs, V).await.unwrap_err();
+    assert_eq!(github.requests().len(), asked, "{unreachable}");
+    assert_eq!(server.dpkg_version("etcdpasswd"), None);
+
+    env.storage.delete_config(ConfigKey::Proxy).await.unwrap();
+    ctx.run(Step::InstallDebs, V).await.unwrap();
+    assert_eq!(server.dpkg_version("etcdpasswd").as_deref(), Some("1.4.9"));
+    assert!(!refused.to_string().contains("token-1"), "{refused}");
 }
 
 #[tokio::test]
