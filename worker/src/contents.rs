@@ -17,6 +17,11 @@ pub const TARGET: &str = "sabakan";
 /// wait at most this long. Twice the liveness TTL: a holder cut off from etcd for that long has
 /// been declared dead and the update stopped already.
 pub const UPLOAD_TTL: Duration = Duration::from_secs(10);
+/// How long step 4 waits for sabakan to answer before it uploads: step 3 may have restarted
+/// it a moment ago.
+pub const SABAKAN_READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// The pause between two questions to a sabakan that does not answer yet.
+const SABAKAN_POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContentsError {
@@ -32,6 +37,26 @@ pub enum ContentsError {
     FailedBefore { version: String },
 }
 
+impl ContentsError {
+    /// Whether the error may go away by itself: sabakan restarting (a refused connection) or
+    /// busy (5xx, 429, 408), the network, etcd. Such a failure is not recorded in
+    /// `contents/sabakan`, so the other workers do not inherit it.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Http(HttpError::Transport { .. }) | Self::Storage(_) => true,
+            Self::Http(HttpError::Status { status, .. }) => {
+                status.is_server_error()
+                    || *status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                    || *status == reqwest::StatusCode::REQUEST_TIMEOUT
+            }
+            Self::Http(HttpError::BadBody { .. })
+            | Self::Sabakan { .. }
+            | Self::OsImage { .. }
+            | Self::FailedBefore { .. } => false,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct IndexEntry {
     id: String,
@@ -42,6 +67,8 @@ struct IndexEntry {
 pub struct Sabakan<'a> {
     pub http: &'a Http,
     pub base: Url,
+    /// How long [`Sabakan::wait_ready`] waits ([`SABAKAN_READY_TIMEOUT`] in the worker).
+    pub ready_timeout: Duration,
 }
 
 impl Sabakan<'_> {
@@ -62,6 +89,31 @@ impl Sabakan<'_> {
         })?;
         let method = request.method().to_string();
         Ok(require_success(&method, self.http.fetch(request).await?)?)
+    }
+
+    /// Waits until sabakan answers (its image index), for up to its `ready_timeout`; an error
+    /// that is not transient ends the wait at once.
+    pub async fn wait_ready(&self) -> Result<(), ContentsError> {
+        let deadline = tokio::time::Instant::now() + self.ready_timeout;
+        let mut logged = false;
+        loop {
+            match self.image_ids().await {
+                Ok(_) => {
+                    if logged {
+                        tracing::info!("sabakan answers");
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                    if !logged {
+                        tracing::info!(error = %e, "waiting for sabakan to answer");
+                        logged = true;
+                    }
+                    tokio::time::sleep(SABAKAN_POLL).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The OS image ids sabakan holds.
@@ -206,6 +258,14 @@ pub async fn update_contents(
     http: &Http,
     contents: &Contents,
 ) -> Result<(), ContentsError> {
+    // Done already: sabakan is not asked anything.
+    if let Some(st) = storage.contents_status(TARGET).await? {
+        if st.version == version && st.success {
+            return Ok(());
+        }
+    }
+    // Before taking the upload leadership, so that the others are not held up meanwhile.
+    sabakan.wait_ready().await?;
     let leadership =
         Leadership::campaign(storage, keys::LEADER_WORKER, &me.to_string(), UPLOAD_TTL).await?;
     let result = async {
@@ -219,12 +279,18 @@ pub async fn update_contents(
             _ => {}
         }
         let upload = upload_missing(sabakan, http, contents).await;
+        let success = match &upload {
+            Ok(()) => true,
+            // Not recorded: the next worker (or this one after `neco recover`) tries again.
+            Err(e) if e.is_transient() => return upload,
+            Err(_) => false,
+        };
         let record = storage
             .put_contents_status(
                 TARGET,
                 &ContentsStatus {
                     version: version.to_owned(),
-                    success: upload.is_ok(),
+                    success,
                 },
                 leadership.key(),
             )
@@ -239,4 +305,63 @@ pub async fn update_contents(
         tracing::warn!(error = %e, "resigning the worker leadership failed");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::StatusCode;
+
+    #[test]
+    fn which_failures_are_transient() {
+        let status = |code: u16| {
+            ContentsError::Http(HttpError::Status {
+                method: "PUT".into(),
+                url: "http://sabakan/api/v1/assets/a".into(),
+                status: StatusCode::from_u16(code).unwrap(),
+                detail: String::new(),
+            })
+        };
+        let rows: Vec<(&str, ContentsError, bool)> = vec![
+            (
+                "connection refused (sabakan restarting)",
+                ContentsError::Http(HttpError::Transport {
+                    method: "GET".into(),
+                    url: "http://sabakan/".into(),
+                    message: "connection refused".into(),
+                }),
+                true,
+            ),
+            ("503", status(503), true),
+            ("500", status(500), true),
+            ("429", status(429), true),
+            ("408", status(408), true),
+            ("400: sabakan refuses the upload", status(400), false),
+            ("404", status(404), false),
+            (
+                "a sha256 mismatch reported by sabakan",
+                ContentsError::Sabakan {
+                    url: "http://sabakan/".into(),
+                    message: "bad".into(),
+                },
+                false,
+            ),
+            (
+                "the OS image cannot be packed",
+                ContentsError::OsImage {
+                    version: "1".into(),
+                    message: "x".into(),
+                },
+                false,
+            ),
+            (
+                "etcd",
+                ContentsError::Storage(StorageError::NotFound { what: "x".into() }),
+                true,
+            ),
+        ];
+        for (what, error, transient) in rows {
+            assert_eq!(error.is_transient(), transient, "{what}: {error}");
+        }
+    }
 }

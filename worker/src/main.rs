@@ -206,6 +206,7 @@ async fn serve(cli: &Cli, config: &Config, lrn: u32, version: &str) -> anyhow::R
             sources: &config.sources,
             registry_credentials: credentials,
             service_manager: manager.as_ref(),
+            sabakan_ready_timeout: worker::contents::SABAKAN_READY_TIMEOUT,
         },
     };
     // After a failed self-update: the revision of the request it was for, so that the worker

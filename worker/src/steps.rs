@@ -117,6 +117,9 @@ pub struct StepContext<'a> {
     pub sources: &'a ArtifactSources,
     pub registry_credentials: Option<fetch::registry::Credentials>,
     pub service_manager: &'a dyn ServiceManager,
+    /// How long step 4 waits for sabakan to answer
+    /// ([`crate::contents::SABAKAN_READY_TIMEOUT`]).
+    pub sabakan_ready_timeout: std::time::Duration,
 }
 
 /// A step failure, naming the step and the component.
@@ -266,6 +269,7 @@ impl StepContext<'_> {
         let sabakan = Sabakan {
             http: &http,
             base: self.sources.sabakan.clone(),
+            ready_timeout: self.sabakan_ready_timeout,
         };
         contents::update_contents(self.storage, self.lrn, version, &sabakan, &http, &contents)
             .await

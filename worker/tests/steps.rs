@@ -28,6 +28,9 @@ use worker::steps::{services, Step, StepContext};
 const V: &str = "2026.11.26-1";
 const ETCDPASSWD: &artifacts::DebianPackage = &artifacts::debs::ETCDPASSWD;
 
+/// How long step 4 waits for a sabakan that does not answer, here.
+const SABAKAN_READY_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The worker's client options, with short timeouts and retries.
 fn http_options() -> HttpOptions {
     HttpOptions {
@@ -142,6 +145,7 @@ impl Env {
             sources: &self.sources,
             registry_credentials: None,
             service_manager: &server.actions,
+            sabakan_ready_timeout: SABAKAN_READY_TIMEOUT,
         }
     }
 }
@@ -567,6 +571,95 @@ async fn step4_a_holder_that_died_delays_the_others_only_for_the_lease_ttl() {
     assert_eq!(sabakan.images().len(), 1);
 }
 
+/// Step 3 has just restarted sabakan and it does not answer yet (503 while it starts): step 4
+/// waits for it, then uploads, and the result recorded is a success, not the first failure.
+#[tokio::test]
+async fn step4_waits_for_sabakan_to_answer_before_it_uploads() {
+    let etcd = EtcdCluster::single().expect("start etcd");
+    let os = &artifacts::OS_IMAGE;
+    let feed = FeedServer::start(os.channel.as_str(), &[os.version.as_str()]).unwrap();
+    let sabakan = SabakanStandIn::start().unwrap();
+    let github = github_with(pinned_deb());
+    let env = Env::new(
+        connect(&etcd).await,
+        &github.base_url(),
+        sources(&dead_url(), &sabakan.base_url(), &feed.base_url()),
+    );
+    let server = Server::new(0);
+    let ctx = env.ctx(&server);
+    ctx.run(Step::InstallDebs, V).await.unwrap();
+
+    // More failures than one request's retries (2 attempts here).
+    sabakan.fail_next(6, 503);
+    ctx.run(Step::SabakanContents, V).await.unwrap();
+    let requests = sabakan.requests();
+    assert!(requests.len() > 6, "{requests:#?}");
+    assert_eq!(sabakan.images().len(), 1);
+    assert_eq!(sabakan.assets().len(), 1);
+    let recorded = env
+        .storage
+        .contents_status(worker::contents::TARGET)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        recorded,
+        ContentsStatus {
+            version: V.into(),
+            success: true
+        }
+    );
+}
+
+/// An upload sabakan refuses (the cached deb is not what its sha256 says: HTTP 400) is no
+/// passing trouble: it is recorded, and the next worker fails the step at once.
+#[tokio::test]
+async fn step4_records_a_refused_upload_so_the_others_do_not_repeat_it() {
+    let etcd = EtcdCluster::single().expect("start etcd");
+    let os = &artifacts::OS_IMAGE;
+    let feed = FeedServer::start(os.channel.as_str(), &[os.version.as_str()]).unwrap();
+    let sabakan = SabakanStandIn::start().unwrap();
+    let env = Env::new(
+        connect(&etcd).await,
+        &dead_url(),
+        sources(&dead_url(), &sabakan.base_url(), &feed.base_url()),
+    );
+    let (first, second) = (Server::new(0), Server::new(1));
+    for server in [&first, &second] {
+        let cached = server.cached_deb();
+        std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+        std::fs::write(&cached, b"not the pinned deb").unwrap();
+    }
+    let e = env
+        .ctx(&first)
+        .run(Step::SabakanContents, V)
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("400"), "{e}");
+    assert_eq!(
+        env.storage.contents_status("sabakan").await.unwrap(),
+        Some(ContentsStatus {
+            version: V.into(),
+            success: false
+        })
+    );
+    let asked = sabakan.requests().len();
+    let e = env
+        .ctx(&second)
+        .run(Step::SabakanContents, V)
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("failed on a preceding worker"), "{e}");
+    // It waited for sabakan (one question), and uploaded nothing.
+    assert!(
+        sabakan.requests()[asked..]
+            .iter()
+            .all(|r| r.method == "GET"),
+        "{:#?}",
+        sabakan.requests()
+    );
+}
+
 #[tokio::test]
 async fn step4_three_workers_upload_the_contents_exactly_once() {
     let etcd = EtcdCluster::single().expect("start etcd");
@@ -696,14 +789,9 @@ async fn unreachable_endpoints_are_named_in_the_step_error() {
         .to_string();
     assert!(e.starts_with("step 4 (sabakan contents): "), "{e}");
     assert!(e.contains(host), "the error names sabakan {host}: {e}");
-    // The failed upload is recorded, so that the other workers do not try again.
-    assert_eq!(
-        env.storage.contents_status("sabakan").await.unwrap(),
-        Some(ContentsStatus {
-            version: V.into(),
-            success: false
-        })
-    );
+    // A sabakan that does not answer may be restarting: nothing is recorded, so that the
+    // other workers (or this one after `neco recover`) try again instead of inheriting it.
+    assert_eq!(env.storage.contents_status("sabakan").await.unwrap(), None);
 }
 
 #[tokio::test]
