@@ -99,6 +99,9 @@ pub struct HttpOptions {
     /// The URLs are credentials (a Slack webhook's path is its secret): logs, errors and
     /// [`Fetched::url`] show their origin only (scheme, host, port).
     pub secret_urls: bool,
+    /// No proxy at all, not even the environment's (`HTTP_PROXY`, …): for hosts of the data
+    /// center itself, which a proxy to the outside cannot reach. `proxy` must be `None`.
+    pub direct: bool,
 }
 
 impl Default for HttpOptions {
@@ -111,6 +114,7 @@ impl Default for HttpOptions {
             user_agent: concat!("neco-rs/", env!("CARGO_PKG_VERSION")).to_owned(),
             timeout: Duration::from_secs(120),
             secret_urls: false,
+            direct: false,
         }
     }
 }
@@ -125,6 +129,7 @@ impl std::fmt::Debug for HttpOptions {
             .field("user_agent", &self.user_agent)
             .field("timeout", &self.timeout)
             .field("secret_urls", &self.secret_urls)
+            .field("direct", &self.direct)
             .finish()
     }
 }
@@ -192,6 +197,12 @@ impl Http {
             .user_agent(options.user_agent.as_str())
             .connect_timeout(Duration::from_secs(10))
             .timeout(options.timeout);
+        if options.direct {
+            if options.proxy.is_some() {
+                return Err(build_error("a direct client cannot have a proxy".into()));
+            }
+            builder = builder.no_proxy();
+        }
         if let Some(proxy) = &options.proxy {
             let proxy = reqwest::Proxy::all(proxy.clone()).map_err(|e| {
                 build_error(format!("bad proxy: {}", error_chain(&e.without_url())))

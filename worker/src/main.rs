@@ -176,7 +176,7 @@ async fn serve(cli: &Cli, config: &Config, lrn: u32, version: &str) -> anyhow::R
     let online = Online::new(
         storage.clone(),
         neco::http_options(None, 4, RetryPolicy::default()).map_err(anyhow::Error::msg)?,
-    );
+    )?;
     let manager: Box<dyn ServiceManager> = match cli.service_manager {
         Manager::Systemd => Box::new(Systemd),
         Manager::Log => Box::new(ActionLog {

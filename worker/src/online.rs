@@ -1,6 +1,7 @@
-//! The HTTP client and the GitHub token of the worker's downloads, as etcd's `config/` says
-//! when they are needed: an operator's `neco config set proxy` or `github-token` applies to
-//! the next step or self-update without a restart.
+//! The HTTP clients and the GitHub token of the worker, as etcd's `config/` says when they
+//! are needed: an operator's `neco config set proxy` or `github-token` applies to the next
+//! step or self-update without a restart. Hosts of the data center (sabakan) are reached
+//! directly, never through the proxy.
 
 use fetch::http::{Http, HttpOptions};
 use neco::storage::{ConfigKey, Storage, StorageError};
@@ -26,16 +27,30 @@ pub struct Online {
     options: HttpOptions,
     /// The client of the proxy read last.
     cached: tokio::sync::Mutex<Option<(Option<String>, Arc<Http>)>>,
+    /// The client of the data center's own hosts.
+    local: Http,
 }
 
 impl Online {
     /// `options`' proxy is used when `config/proxy` is not set.
-    pub fn new(storage: Storage, options: HttpOptions) -> Self {
-        Self {
+    pub fn new(storage: Storage, options: HttpOptions) -> Result<Self, OnlineError> {
+        let local = Http::with_options(HttpOptions {
+            proxy: None,
+            direct: true,
+            ..options.clone()
+        })
+        .map_err(|e| OnlineError::Proxy(e.to_string()))?;
+        Ok(Self {
             storage,
             options,
             cached: tokio::sync::Mutex::new(None),
-        }
+            local,
+        })
+    }
+
+    /// The client of the data center's own hosts (sabakan): no proxy.
+    pub fn local(&self) -> &Http {
+        &self.local
     }
 
     /// The client for the proxy that `config/proxy` names now.

@@ -267,7 +267,7 @@ impl StepContext<'_> {
         };
         let http = self.online.http().await.map_err(|e| Self::fail(step, e))?;
         let sabakan = Sabakan {
-            http: &http,
+            http: self.online.local(),
             base: self.sources.sabakan.clone(),
             ready_timeout: self.sabakan_ready_timeout,
         };

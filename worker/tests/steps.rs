@@ -128,7 +128,7 @@ struct Env {
 impl Env {
     fn new(storage: Storage, github_api: &str, sources: ArtifactSources) -> Self {
         Self {
-            online: Online::new(storage.clone(), http_options()),
+            online: Online::new(storage.clone(), http_options()).unwrap(),
             storage,
             github_api: url(github_api),
             sources,
@@ -609,6 +609,34 @@ async fn step4_waits_for_sabakan_to_answer_before_it_uploads() {
             success: true
         }
     );
+}
+
+/// sabakan is a host of the data center: reached directly, not through `config/proxy` (a
+/// proxy to the outside that does not answer here).
+#[tokio::test]
+async fn step4_reaches_sabakan_without_the_proxy() {
+    let etcd = EtcdCluster::single().expect("start etcd");
+    let os = &artifacts::OS_IMAGE;
+    let sabakan = SabakanStandIn::start().unwrap();
+    // The OS image is there already: nothing is downloaded from the feed.
+    sabakan
+        .add_image(os.version.as_str(), b"kernel", b"initrd")
+        .unwrap();
+    let github = github_with(pinned_deb());
+    let env = Env::new(
+        connect(&etcd).await,
+        &github.base_url(),
+        sources(&dead_url(), &sabakan.base_url(), &dead_url()),
+    );
+    let server = Server::new(0);
+    let ctx = env.ctx(&server);
+    ctx.run(Step::InstallDebs, V).await.unwrap();
+    env.storage
+        .put_config(ConfigKey::Proxy, &dead_url())
+        .await
+        .unwrap();
+    ctx.run(Step::SabakanContents, V).await.unwrap();
+    assert_eq!(sabakan.assets().len(), 1);
 }
 
 /// An upload sabakan refuses (the cached deb is not what its sha256 says: HTTP 400) is no
