@@ -429,6 +429,42 @@ impl<'a> GitHub<'a> {
         Ok(got.body)
     }
 
+    /// [`GitHub::download_asset`] streamed into a temporary file in `dir` ([`Http::download`]:
+    /// memory stays flat, only silence for `idle` ends it), with the same size and digest
+    /// checks.
+    pub async fn download_asset_to(
+        &self,
+        asset: &Asset,
+        dir: &std::path::Path,
+        idle: std::time::Duration,
+    ) -> Result<crate::http::Downloaded, GitHubError> {
+        let url = Url::parse(&asset.url).map_err(|e| GitHubError::BadUrl {
+            url: asset.url.clone(),
+            message: e.to_string(),
+        })?;
+        let got = self
+            .http
+            .download(self.request(url.clone(), OCTET_STREAM)?, dir, idle)
+            .await?;
+        if asset.size != 0 && got.len != asset.size {
+            return Err(GitHubError::SizeMismatch {
+                url: url.to_string(),
+                expected: asset.size,
+                got: got.len,
+            });
+        }
+        if let Some(expected) = &asset.digest {
+            if &got.sha256 != expected {
+                return Err(GitHubError::DigestMismatch {
+                    url: url.to_string(),
+                    expected: expected.clone(),
+                    got: got.sha256.clone(),
+                });
+            }
+        }
+        Ok(got)
+    }
+
     /// The sha256 of an asset (`sha256:<hex>`): GitHub's `digest` when present, else the hash
     /// of its bytes.
     pub async fn asset_sha256(&self, asset: &Asset) -> Result<String, GitHubError> {

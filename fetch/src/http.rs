@@ -4,10 +4,55 @@
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Request, StatusCode, Url};
+use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::Semaphore;
+
+/// The longest a download may take in all; [`Http::download`] ends one that stalls long
+/// before, by its idle timeout.
+const DOWNLOAD_LIMIT: Duration = Duration::from_secs(24 * 3600);
+
+/// The status line and headers of a response.
+struct Head {
+    url: Url,
+    status: StatusCode,
+    headers: HeaderMap,
+}
+
+/// Why reading a response failed.
+enum BodyError {
+    Http(reqwest::Error),
+    /// No byte came for this long.
+    Idle(Duration),
+    /// The local file could not be written.
+    Io(std::io::Error),
+}
+
+enum DownloadBody {
+    File {
+        file: tempfile::NamedTempFile,
+        len: u64,
+        sha256: String,
+    },
+    /// A status that is not a success, with its (short) body.
+    Failed(Bytes),
+}
+
+/// A body streamed to a temporary file by [`Http::download`].
+#[derive(Debug)]
+pub struct Downloaded {
+    /// The final URL (after redirects), shown as the client shows URLs.
+    pub url: Url,
+    pub headers: HeaderMap,
+    /// Removed when dropped; `persist` it once checked.
+    pub file: tempfile::NamedTempFile,
+    pub len: u64,
+    /// `sha256:<hex>` of the bytes.
+    pub sha256: String,
+}
 
 /// A response read in full.
 #[derive(Debug, Clone)]
@@ -269,6 +314,100 @@ impl Http {
     /// Sends a request (retrying 429, 5xx and transport errors) and reads the whole body.
     /// Any final status is returned as it is; callers decide what is an error.
     pub async fn fetch(&self, request: Request) -> Result<Fetched, HttpError> {
+        let (head, body) = self
+            .send(request, |resp| async move {
+                resp.bytes().await.map_err(BodyError::Http)
+            })
+            .await?;
+        Ok(Fetched {
+            url: head.url,
+            status: head.status,
+            headers: head.headers,
+            body,
+        })
+    }
+
+    /// Sends a GET-like request (retried as [`Http::fetch`] does, a broken transfer from the
+    /// start) and streams a successful body into a temporary file in `dir`, hashing it on the
+    /// way: memory stays flat whatever the size. There is no limit on the whole transfer, only
+    /// on silence: `idle` without a byte ends an attempt. The caller checks the digest and
+    /// persists the file; dropped, it is removed. A final status that is not a success is an
+    /// [`HttpError::Status`].
+    pub async fn download(
+        &self,
+        mut request: Request,
+        dir: &std::path::Path,
+        idle: Duration,
+    ) -> Result<Downloaded, HttpError> {
+        // The client's whole-request timeout is for API calls, not for hundreds of MB.
+        *request.timeout_mut() = Some(DOWNLOAD_LIMIT);
+        let method = request.method().to_string();
+        let (head, body) = self
+            .send(request, |mut resp| async move {
+                if !resp.status().is_success() {
+                    let bytes = resp.bytes().await.map_err(BodyError::Http)?;
+                    return Ok(DownloadBody::Failed(bytes));
+                }
+                let file = tempfile::NamedTempFile::new_in(dir).map_err(BodyError::Io)?;
+                let (std_file, path) = file.into_parts();
+                let mut out = tokio::fs::File::from_std(std_file);
+                let mut hasher = Sha256::new();
+                let mut len = 0u64;
+                loop {
+                    let chunk = match tokio::time::timeout(idle, resp.chunk()).await {
+                        Err(_) => return Err(BodyError::Idle(idle)),
+                        Ok(chunk) => chunk.map_err(BodyError::Http)?,
+                    };
+                    let Some(chunk) = chunk else { break };
+                    hasher.update(&chunk);
+                    len += u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+                    out.write_all(&chunk).await.map_err(BodyError::Io)?;
+                }
+                out.flush().await.map_err(BodyError::Io)?;
+                out.sync_all().await.map_err(BodyError::Io)?;
+                let std_file = out.into_std().await;
+                Ok(DownloadBody::File {
+                    file: tempfile::NamedTempFile::from_parts(std_file, path),
+                    len,
+                    sha256: format!("sha256:{}", hex::encode(hasher.finalize())),
+                })
+            })
+            .await?;
+        match body {
+            DownloadBody::File { file, len, sha256 } => Ok(Downloaded {
+                url: head.url,
+                headers: head.headers,
+                file,
+                len,
+                sha256,
+            }),
+            DownloadBody::Failed(body) => {
+                let failed = Fetched {
+                    url: head.url,
+                    status: head.status,
+                    headers: head.headers,
+                    body,
+                };
+                match require_success(&method, failed) {
+                    Err(e) => Err(e),
+                    Ok(f) => Err(HttpError::Transport {
+                        method,
+                        url: self.shown(&f.url),
+                        message: format!("HTTP {} was not streamed", f.status),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// The retry loop of [`Http::fetch`] and [`Http::download`]: sends `request`, reads the
+    /// response with `read`, and tries again on 429, 5xx, transport errors and failed reads
+    /// (not on local I/O errors).
+    async fn send<T, F, Fut>(&self, request: Request, mut read: F) -> Result<(Head, T), HttpError>
+    where
+        F: FnMut(reqwest::Response) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BodyError>>,
+    {
         let method = request.method().to_string();
         let url = request.url().clone();
         let shown = self.shown(&url);
@@ -291,50 +430,60 @@ impl Http {
                 })?;
                 match self.client.execute(this).await {
                     Ok(resp) => {
-                        let status = resp.status();
-                        let headers = resp.headers().clone();
-                        let final_url = if self.secret_urls {
-                            origin_only(resp.url())
-                        } else {
-                            resp.url().clone()
+                        let head = Head {
+                            url: if self.secret_urls {
+                                origin_only(resp.url())
+                            } else {
+                                resp.url().clone()
+                            },
+                            status: resp.status(),
+                            headers: resp.headers().clone(),
                         };
-                        resp.bytes().await.map(|body| Fetched {
-                            url: final_url,
-                            status,
-                            headers,
-                            body,
-                        })
+                        read(resp).await.map(|body| (head, body))
                     }
-                    Err(e) => Err(e),
+                    Err(e) => Err(BodyError::Http(e)),
                 }
             };
             let wait = match &outcome {
-                Ok(f) if is_retryable(f.status) => Some(self.delay(attempt, Some(&f.headers))),
+                Ok((head, _)) if is_retryable(head.status) => {
+                    Some(self.delay(attempt, Some(&head.headers)))
+                }
                 Ok(_) => None,
-                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() => {
+                Err(BodyError::Http(e))
+                    if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() =>
+                {
                     Some(self.delay(attempt, None))
                 }
+                Err(BodyError::Idle(_)) => Some(self.delay(attempt, None)),
                 Err(_) => None,
             };
             match (outcome, wait) {
-                (Ok(f), Some(wait)) if attempt < self.retry.attempts => {
-                    tracing::warn!(url = %shown, status = %f.status, attempt, ?wait, "retrying");
+                (Ok((head, _)), Some(wait)) if attempt < self.retry.attempts => {
+                    tracing::warn!(url = %shown, status = %head.status, attempt, ?wait, "retrying");
                     tokio::time::sleep(wait).await;
                 }
                 (Err(e), Some(wait)) if attempt < self.retry.attempts => {
-                    let error = self.describe(&e, &url);
+                    let error = self.describe_body(&e, &url);
                     tracing::warn!(url = %shown, %error, attempt, ?wait, "retrying");
                     tokio::time::sleep(wait).await;
                 }
-                (Ok(f), _) => return Ok(f),
+                (Ok(done), _) => return Ok(done),
                 (Err(e), _) => {
                     return Err(HttpError::Transport {
                         method,
                         url: shown,
-                        message: self.describe(&e, &url),
+                        message: self.describe_body(&e, &url),
                     })
                 }
             }
+        }
+    }
+
+    fn describe_body(&self, e: &BodyError, url: &Url) -> String {
+        match e {
+            BodyError::Http(e) => self.describe(e, url),
+            BodyError::Idle(idle) => format!("no data for {} s", idle.as_secs_f64()),
+            BodyError::Io(e) => format!("writing the download: {e}"),
         }
     }
 

@@ -1,0 +1,190 @@
+//! `Http::download` against a loopback server that streams its body: 500 MB with flat memory,
+//! a slow transfer that outlasts the client's whole-request timeout, and a transfer that stalls.
+//! One test binary of its own, so that its peak-memory reading is not blurred by other tests.
+
+// Test code: a failed call is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use fetch::http::{Http, HttpOptions, RetryPolicy};
+use sha2::{Digest as _, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+const MIB: usize = 1024 * 1024;
+
+/// How the server sends its body: `chunks` chunks of `chunk` bytes, `pause` between them;
+/// after `stall_after` chunks it stops sending (and holds the connection) until `release`.
+#[derive(Clone)]
+struct Plan {
+    chunks: usize,
+    chunk: usize,
+    pause: Duration,
+    stall_after: Option<usize>,
+}
+
+/// The byte at offset `i` of every body (not all zeros, so that hashing means something).
+fn byte_at(i: usize) -> u8 {
+    u8::try_from((i * 7 + i / 4096) % 251).unwrap_or(0)
+}
+
+fn expected_sha256(plan: &Plan) -> String {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; plan.chunk];
+    for c in 0..plan.chunks {
+        for (j, b) in buf.iter_mut().enumerate() {
+            *b = byte_at(c * plan.chunk + j);
+        }
+        hasher.update(&buf);
+    }
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
+/// Serves `plan` to every connection; returns the URL and what releases a stalled body.
+async fn serve(plan: Plan) -> (String, Arc<Notify>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/blob", listener.local_addr().unwrap());
+    let release = Arc::new(Notify::new());
+    let released = Arc::clone(&release);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let plan = plan.clone();
+            let released = Arc::clone(&released);
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\n\r\n",
+                    plan.chunks * plan.chunk
+                );
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; plan.chunk];
+                for c in 0..plan.chunks {
+                    if plan.stall_after == Some(c) {
+                        released.notified().await;
+                        return;
+                    }
+                    for (j, b) in buf.iter_mut().enumerate() {
+                        *b = byte_at(c * plan.chunk + j);
+                    }
+                    if socket.write_all(&buf).await.is_err() {
+                        return;
+                    }
+                    if !plan.pause.is_zero() {
+                        tokio::time::sleep(plan.pause).await;
+                    }
+                }
+            });
+        }
+    });
+    (url, release)
+}
+
+fn http(timeout: Duration) -> Http {
+    Http::with_options(HttpOptions {
+        retry: RetryPolicy {
+            attempts: 1,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+        },
+        timeout,
+        direct: true,
+        ..HttpOptions::default()
+    })
+    .unwrap()
+}
+
+/// The peak resident set of this process so far (`VmHWM`), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_stream_to_disk_with_flat_memory_and_only_an_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // 500 MB: the peak memory of the process grows by far less than the body.
+    let big = Plan {
+        chunks: 500,
+        chunk: MIB,
+        pause: Duration::ZERO,
+        stall_after: None,
+    };
+    let (url, _release) = serve(big.clone()).await;
+    let client = http(Duration::from_secs(600));
+    let before = peak_rss();
+    let request = client.client().get(&url).build().unwrap();
+    let got = client
+        .download(request, dir.path(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let grown = peak_rss().saturating_sub(before);
+    eprintln!(
+        "download of {} MiB: peak memory grew by {:.1} MiB",
+        got.len / 1024 / 1024,
+        grown as f64 / 1024.0 / 1024.0
+    );
+    assert_eq!(got.len, 500 * 1024 * 1024);
+    assert_eq!(got.sha256, expected_sha256(&big));
+    assert_eq!(
+        std::fs::metadata(got.file.path()).unwrap().len(),
+        500 * 1024 * 1024
+    );
+    assert!(
+        grown < 64 * 1024 * 1024,
+        "peak memory grew by {grown} bytes for a 500 MiB download"
+    );
+    drop(got);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    // Slow but steady: longer than the client's whole-request timeout (1 s), never idle.
+    let slow = Plan {
+        chunks: 12,
+        chunk: 1024,
+        pause: Duration::from_millis(150),
+        stall_after: None,
+    };
+    let (url, _release) = serve(slow.clone()).await;
+    let client = http(Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    let request = client.client().get(&url).build().unwrap();
+    let got = client
+        .download(request, dir.path(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(started.elapsed() > Duration::from_secs(1));
+    assert_eq!(got.sha256, expected_sha256(&slow));
+
+    // Stalled: the attempt ends after the idle timeout, naming it; no file is left.
+    let stalled = Plan {
+        chunks: 10,
+        chunk: 1024,
+        pause: Duration::ZERO,
+        stall_after: Some(3),
+    };
+    let (url, release) = serve(stalled).await;
+    let request = client.client().get(&url).build().unwrap();
+    let e = client
+        .download(request, dir.path(), Duration::from_millis(500))
+        .await
+        .unwrap_err()
+        .to_string();
+    release.notify_waiters();
+    assert!(e.contains("no data for 0.5 s"), "{e}");
+    assert!(e.contains(&url), "{e}");
+    drop(got);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
