@@ -3,7 +3,6 @@
 
 use bytes::Bytes;
 use fetch::github::{Asset, GitHub, GitHubError};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -65,6 +64,8 @@ pub enum DebError {
 /// Attempts of a download before giving up (the asset API is retried by `fetch` too).
 const DOWNLOAD_ATTEMPTS: u32 = 3;
 const DOWNLOAD_PAUSE: Duration = Duration::from_secs(2);
+/// A download that sends nothing for this long is tried again; a slow one is never cut off.
+const DOWNLOAD_IDLE: Duration = Duration::from_secs(60);
 
 /// Finds a release by tag and its asset by a name predicate.
 pub async fn find_asset(
@@ -108,17 +109,47 @@ pub async fn find_asset(
     Ok((asset, release.assets))
 }
 
-/// Downloads an asset with a few attempts.
+/// Downloads a (small) asset into memory with a few attempts.
 pub async fn download(
     github: &GitHub<'_>,
     package: &str,
     asset: &Asset,
 ) -> Result<Bytes, DebError> {
+    with_attempts(package, asset, || github.download_asset(asset)).await
+}
+
+/// Downloads a package into a temporary file of the cache directory under `root`, streamed
+/// and hashed on the way (a deb may be hundreds of MB), with a few attempts.
+pub async fn download_to_cache(
+    root: &Path,
+    github: &GitHub<'_>,
+    package: &str,
+    asset: &Asset,
+) -> Result<fetch::http::Downloaded, DebError> {
+    let dir = root.join(CACHE_DIR);
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|source| DebError::Write {
+            package: package.to_owned(),
+            path: dir.clone(),
+            source,
+        })?;
+    with_attempts(package, asset, || {
+        github.download_asset_to(asset, &dir, DOWNLOAD_IDLE)
+    })
+    .await
+}
+
+async fn with_attempts<T, F, Fut>(package: &str, asset: &Asset, mut get: F) -> Result<T, DebError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, GitHubError>>,
+{
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match github.download_asset(asset).await {
-            Ok(bytes) => return Ok(bytes),
+        match get().await {
+            Ok(got) => return Ok(got),
             Err(e @ (GitHubError::DigestMismatch { .. } | GitHubError::SizeMismatch { .. })) => {
                 return Err(DebError::GitHub {
                     package: package.to_owned(),
@@ -175,9 +206,8 @@ pub async fn published_sha256(
     }
 }
 
-/// Checks bytes against an expected `sha256:` digest.
-pub fn verify(package: &str, asset: &str, bytes: &[u8], expected: &str) -> Result<(), DebError> {
-    let got = fetch::sha256_digest(bytes);
+/// Checks a download's digest against the expected `sha256:` digest.
+pub fn verify(package: &str, asset: &str, got: &str, expected: &str) -> Result<(), DebError> {
     if got == expected {
         Ok(())
     } else {
@@ -185,13 +215,19 @@ pub fn verify(package: &str, asset: &str, bytes: &[u8], expected: &str) -> Resul
             package: package.to_owned(),
             asset: asset.to_owned(),
             expected: expected.to_owned(),
-            got,
+            got: got.to_owned(),
         })
     }
 }
 
-/// Writes a verified package to the cache under `root` (atomically) and returns its path.
-pub fn cache(root: &Path, package: &str, name: &str, bytes: &[u8]) -> Result<PathBuf, DebError> {
+/// Moves a verified download (a temporary file of the cache directory) to its name in the
+/// cache under `root` (atomically) and returns its path.
+pub fn cache(
+    root: &Path,
+    package: &str,
+    name: &str,
+    downloaded: fetch::http::Downloaded,
+) -> Result<PathBuf, DebError> {
     if !fetch::github::is_safe_file_name(name) {
         return Err(DebError::UnsafeAssetName {
             package: package.to_owned(),
@@ -206,11 +242,10 @@ pub fn cache(root: &Path, package: &str, name: &str, bytes: &[u8]) -> Result<Pat
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(&dir).map_err(write_err)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(write_err)?;
-    tmp.write_all(bytes).map_err(write_err)?;
-    tmp.as_file().sync_all().map_err(write_err)?;
-    tmp.persist(&path).map_err(|e| write_err(e.error))?;
+    downloaded
+        .file
+        .persist(&path)
+        .map_err(|e| write_err(e.error))?;
     Ok(path)
 }
 
@@ -232,9 +267,9 @@ pub async fn install_pinned(
         |name| name == wanted,
     )
     .await?;
-    let bytes = download(github, package, &asset).await?;
-    verify(package, wanted, &bytes, deb.sha256.as_str())?;
-    let path = cache(root, package, wanted, &bytes)?;
+    let downloaded = download_to_cache(root, github, package, &asset).await?;
+    verify(package, wanted, &downloaded.sha256, deb.sha256.as_str())?;
+    let path = cache(root, package, wanted, downloaded)?;
     neco::dpkg::install_async(root, &path)
         .await
         .map_err(|source| DebError::Dpkg {
@@ -260,9 +295,9 @@ pub async fn install_neco(
     })
     .await?;
     let expected = published_sha256(github, "neco", &tag, &asset, &all).await?;
-    let bytes = download(github, "neco", &asset).await?;
-    verify("neco", &asset.name, &bytes, &expected)?;
-    let path = cache(root, "neco", &asset.name, &bytes)?;
+    let downloaded = download_to_cache(root, github, "neco", &asset).await?;
+    verify("neco", &asset.name, &downloaded.sha256, &expected)?;
+    let path = cache(root, "neco", &asset.name, downloaded)?;
     neco::dpkg::install_self_update(root, &path)
         .await
         .map_err(|source| DebError::Dpkg {
