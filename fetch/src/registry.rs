@@ -10,7 +10,7 @@ use crate::http::{next_link, require_success, Fetched, Http, HttpError};
 use crate::{is_sha256_digest, sha256_digest, Secret};
 use bytes::Bytes;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
-use reqwest::{Method, StatusCode, Url};
+use reqwest::{Method, Request, StatusCode, Url};
 use serde::Deserialize;
 
 /// Media type of an OCI image index.
@@ -288,6 +288,56 @@ impl<'a> RepoClient<'a> {
         Ok(got.body)
     }
 
+    /// [`RepoClient::get_blob`] streamed into a temporary file in `dir` ([`Http::download`]:
+    /// memory stays flat, only `idle` silence ends an attempt), verified the same way. The
+    /// authorization is earned first with a `HEAD` of the blob, which answers the challenge.
+    pub async fn get_blob_to(
+        &mut self,
+        digest: &str,
+        dir: &std::path::Path,
+        idle: std::time::Duration,
+    ) -> Result<crate::http::Downloaded, RegistryError> {
+        if !is_sha256_digest(digest) {
+            return Err(RegistryError::BadReference {
+                reference: digest.to_owned(),
+            });
+        }
+        let url = self.url(&format!("blobs/{digest}"))?;
+        if self.authorization.is_none() {
+            self.request(Method::HEAD, url.clone(), "application/octet-stream")
+                .await?;
+        }
+        let request = self.build(Method::GET, url.clone(), "application/octet-stream")?;
+        let got = self
+            .http
+            .download(request, dir, idle)
+            .await
+            .map_err(|e| match e {
+                // Name the blob URL asked for, not a (possibly signed) redirect target.
+                HttpError::Status {
+                    method,
+                    status,
+                    detail,
+                    ..
+                } => HttpError::Status {
+                    method,
+                    url: url.to_string(),
+                    status,
+                    detail,
+                },
+                other => other,
+            })?;
+        if got.sha256 != digest {
+            return Err(RegistryError::DigestMismatch {
+                url: url.to_string(),
+                expected: digest.to_owned(),
+                got: got.sha256,
+                what: "the blob's digest",
+            });
+        }
+        Ok(got)
+    }
+
     /// A request with the current authorization; on a 401 challenge, earn a token (or use
     /// basic credentials) and send it once more.
     async fn request(
@@ -308,6 +358,12 @@ impl<'a> RepoClient<'a> {
     }
 
     async fn send(&self, method: Method, url: Url, accept: &str) -> Result<Fetched, RegistryError> {
+        let request = self.build(method, url, accept)?;
+        Ok(self.http.fetch(request).await?)
+    }
+
+    /// A request with the current authorization.
+    fn build(&self, method: Method, url: Url, accept: &str) -> Result<Request, RegistryError> {
         let mut request = self
             .http
             .client()
@@ -322,12 +378,11 @@ impl<'a> RepoClient<'a> {
             }
             _ => {}
         }
-        let request = request.build().map_err(|e| HttpError::Transport {
+        Ok(request.build().map_err(|e| HttpError::Transport {
             method: "build".into(),
             url: self.base.to_string(),
             message: e.to_string(),
-        })?;
-        Ok(self.http.fetch(request).await?)
+        })?)
     }
 
     /// Answers a `WWW-Authenticate` challenge with an `Authorization` header value.

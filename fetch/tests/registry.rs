@@ -268,3 +268,34 @@ fn authorization(headers: &HeaderMap) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
 }
+
+/// Blobs streamed to disk (`get_blob_to`): the same bytes and checks as `get_blob`, from the
+/// real registry. (A private repository's blobs are not served by the stand-in: untested.)
+#[tokio::test]
+async fn blobs_stream_into_a_file_with_the_same_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let idle = std::time::Duration::from_secs(10);
+    let registry = Registry::start().expect("start docker-registry");
+    let pushed = registry.push_image("cybozu/etcd", "3.5.15.1").unwrap();
+    let http = http(1);
+    let mut client = RepoClient::new(&http, api(&registry.base_url()), "cybozu/etcd", None);
+    let layer = &pushed.layer_digests[0];
+    let got = client.get_blob_to(layer, dir.path(), idle).await.unwrap();
+    assert_eq!(&got.sha256, layer);
+    assert_eq!(
+        std::fs::read(got.file.path()).unwrap(),
+        client.get_blob(layer).await.unwrap()
+    );
+    let absent = sha256_digest(b"no such blob");
+    let text = client
+        .get_blob_to(&absent, dir.path(), idle)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains(&format!("/v2/cybozu/etcd/blobs/{absent}")) && text.contains("404"),
+        "{text}"
+    );
+    drop(got);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

@@ -40,6 +40,9 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const REPOSITORY: &str = "io.cybozu.neco.repository";
 /// The content of the `oci-layout` file.
 pub const OCI_LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
+/// A blob download that sends nothing for this long is tried again; a slow one is never cut
+/// off.
+const BLOB_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// An image to copy: what [`ContainerImage`] pins, as owned strings.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -537,9 +540,14 @@ impl Copier<'_> {
                 self.report.present.push(digest.clone());
                 continue;
             }
-            let bytes = self.client.get_blob(digest).await?;
-            tracing::debug!(%digest, size = bytes.len(), "blob downloaded");
-            self.layout.write_blob(digest, bytes).await?;
+            // Streamed into the layout's blob directory and renamed into place once verified:
+            // a layer may be hundreds of MB.
+            let downloaded = self
+                .client
+                .get_blob_to(digest, &self.layout.blobs, BLOB_IDLE)
+                .await?;
+            tracing::debug!(%digest, size = downloaded.len, "blob downloaded");
+            self.layout.persist_blob(digest, downloaded).await?;
             self.report.downloaded.push(digest.clone());
         }
         Ok(())
@@ -677,6 +685,24 @@ impl Layout {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_error(&path)(e)),
         }
+    }
+
+    /// Renames a verified download (a temporary file of the blob directory) into place.
+    async fn persist_blob(
+        &self,
+        digest: &str,
+        downloaded: fetch::http::Downloaded,
+    ) -> Result<(), ImageFailure> {
+        let path = self.blob_path(digest);
+        let target = path.clone();
+        blocking(&path, move || {
+            downloaded
+                .file
+                .persist(&target)
+                .map(drop)
+                .map_err(|e| io_error(&target)(e.error))
+        })
+        .await
     }
 
     async fn write_blob(&self, digest: &str, bytes: Bytes) -> Result<(), ImageFailure> {
