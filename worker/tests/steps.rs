@@ -527,25 +527,50 @@ async fn step3_writes_units_and_restarts_only_changed_services() {
 
 // --- step 4 ----------------------------------------------------------------------------------
 
+/// Server 0 after step 2 (its deb cached), with etcd, the OS feed and sabakan.
+struct Step4 {
+    etcd: EtcdCluster,
+    sabakan: SabakanStandIn,
+    env: Env,
+    server: Server,
+    _feed: FeedServer,
+    _github: GitHubStandIn,
+}
+
+impl Step4 {
+    async fn start() -> Self {
+        let etcd = EtcdCluster::single().expect("start etcd");
+        let os = &artifacts::OS_IMAGE;
+        let feed = FeedServer::start(os.channel.as_str(), &[os.version.as_str()]).unwrap();
+        let sabakan = SabakanStandIn::start().unwrap();
+        let github = github_with(pinned_deb());
+        let env = Env::new(
+            connect(&etcd).await,
+            &github.base_url(),
+            sources(&dead_url(), &sabakan.base_url(), &feed.base_url()),
+        );
+        let server = Server::new(0);
+        env.ctx(&server).run(Step::InstallDebs, V).await.unwrap();
+        Self {
+            etcd,
+            sabakan,
+            env,
+            server,
+            _feed: feed,
+            _github: github,
+        }
+    }
+}
+
 #[tokio::test]
 async fn step4_a_holder_that_died_delays_the_others_only_for_the_lease_ttl() {
-    let etcd = EtcdCluster::single().expect("start etcd");
-    let os = &artifacts::OS_IMAGE;
-    let feed = FeedServer::start(os.channel.as_str(), &[os.version.as_str()]).unwrap();
-    let sabakan = SabakanStandIn::start().unwrap();
-    let github = github_with(pinned_deb());
-    let env = Env::new(
-        connect(&etcd).await,
-        &github.base_url(),
-        sources(&dead_url(), &sabakan.base_url(), &feed.base_url()),
-    );
-    let server = Server::new(0);
-    let ctx = env.ctx(&server);
-    ctx.run(Step::InstallDebs, V).await.unwrap();
+    let step4 = Step4::start().await;
+    let (etcd, sabakan, env) = (&step4.etcd, &step4.sabakan, &step4.env);
+    let ctx = env.ctx(&step4.server);
 
     // Worker 1 took the upload leadership and died: its lease is no longer kept alive, and
     // nobody resigns for it.
-    let dead = connect(&etcd).await;
+    let dead = connect(etcd).await;
     let held = neco::lease::Leadership::campaign(
         &dead,
         neco::storage::keys::LEADER_WORKER,
@@ -575,19 +600,9 @@ async fn step4_a_holder_that_died_delays_the_others_only_for_the_lease_ttl() {
 /// waits for it, then uploads, and the result recorded is a success, not the first failure.
 #[tokio::test]
 async fn step4_waits_for_sabakan_to_answer_before_it_uploads() {
-    let etcd = EtcdCluster::single().expect("start etcd");
-    let os = &artifacts::OS_IMAGE;
-    let feed = FeedServer::start(os.channel.as_str(), &[os.version.as_str()]).unwrap();
-    let sabakan = SabakanStandIn::start().unwrap();
-    let github = github_with(pinned_deb());
-    let env = Env::new(
-        connect(&etcd).await,
-        &github.base_url(),
-        sources(&dead_url(), &sabakan.base_url(), &feed.base_url()),
-    );
-    let server = Server::new(0);
-    let ctx = env.ctx(&server);
-    ctx.run(Step::InstallDebs, V).await.unwrap();
+    let step4 = Step4::start().await;
+    let (sabakan, env) = (&step4.sabakan, &step4.env);
+    let ctx = env.ctx(&step4.server);
 
     // More failures than one request's retries (2 attempts here).
     sabakan.fail_next(6, 503);
