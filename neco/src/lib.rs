@@ -34,6 +34,19 @@ mod watch;
 
 pub use fetch::Secret;
 
+/// Exit status of the CLI and the daemons when the configuration cannot work; systemd does not
+/// restart the daemons then (`RestartPreventExitStatus=2`).
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Whether `error` comes from a configuration that cannot work: the config file
+/// ([`config::ConfigError`]) or etcd settings ([`storage::StorageError::is_configuration`]).
+pub fn is_configuration_error(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<config::ConfigError>().is_some()
+        || error
+            .downcast_ref::<storage::StorageError>()
+            .is_some_and(storage::StorageError::is_configuration)
+}
+
 /// An HTTP client for the daemons: through `config/proxy` when set.
 pub fn http_client(
     proxy: Option<&str>,

@@ -31,20 +31,14 @@ fn main() -> ExitCode {
             // A configuration that cannot work (the config file, its etcd TLS files, the CA,
             // the user or password): 2, like a usage error, so that scripts can tell it from
             // an etcd that is down.
-            let configuration = e.downcast_ref::<neco::config::ConfigError>().is_some()
-                || e.downcast_ref::<StorageError>()
-                    .is_some_and(StorageError::is_configuration);
-            if configuration {
-                ExitCode::from(EXIT_CONFIG)
+            if neco::is_configuration_error(&e) {
+                ExitCode::from(neco::EXIT_CONFIG)
             } else {
                 ExitCode::FAILURE
             }
         }
     }
 }
-
-/// Exit status when the configuration cannot work.
-const EXIT_CONFIG: u8 = 2;
 
 async fn connect(cli: &Cli) -> anyhow::Result<Storage> {
     let config = Config::load(&cli.root)?;

@@ -6,14 +6,14 @@
 use anyhow::Context as _;
 use clap::Parser as _;
 use neco::config::Config;
-use neco::storage::{Storage, StorageError};
+use neco::storage::Storage;
 use std::process::ExitCode;
 use updater::cli::Cli;
 use updater::server;
 
 /// Exit status when the configuration is unusable, its etcd settings included (a restart does
 /// not help).
-const EXIT_CONFIG: u8 = 2;
+const EXIT_CONFIG: u8 = neco::EXIT_CONFIG;
 /// Exit status of any other failure (etcd unreachable, …): the supervisor restarts the daemon.
 const EXIT_FAILURE: u8 = 1;
 
@@ -59,9 +59,7 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "exiting");
-            if e.downcast_ref::<StorageError>()
-                .is_some_and(StorageError::is_configuration)
-            {
+            if neco::is_configuration_error(&e) {
                 ExitCode::from(EXIT_CONFIG)
             } else {
                 ExitCode::from(EXIT_FAILURE)

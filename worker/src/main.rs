@@ -6,7 +6,7 @@ use fetch::github::GitHub;
 use fetch::http::RetryPolicy;
 use neco::config::Config;
 use neco::lease::KeptLease;
-use neco::storage::{Storage, StorageError, LIVENESS_TTL};
+use neco::storage::{Storage, LIVENESS_TTL};
 use neco::Secret;
 use std::path::Path;
 use std::process::ExitCode;
@@ -23,7 +23,7 @@ use worker::steps::StepContext;
 /// during a self-update, so this is the one restart into the new binary.
 const EXIT_UPDATED: u8 = 10;
 /// Exit status when the configuration or the installation is unusable.
-const EXIT_CONFIG: u8 = 2;
+const EXIT_CONFIG: u8 = neco::EXIT_CONFIG;
 /// Exit status of a failure a restart may cure (etcd unreachable, an aborted update).
 const EXIT_FAILURE: u8 = 1;
 /// How often the worker looks at the dpkg database while dpkg installs the neco package.
@@ -76,9 +76,7 @@ async fn run(cli: Cli) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "exiting");
-            if e.downcast_ref::<StorageError>()
-                .is_some_and(StorageError::is_configuration)
-            {
+            if neco::is_configuration_error(&e) {
                 ExitCode::from(EXIT_CONFIG)
             } else {
                 ExitCode::from(EXIT_FAILURE)
