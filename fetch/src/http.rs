@@ -108,6 +108,23 @@ pub enum HttpError {
     BadBody { url: String, message: String },
 }
 
+impl HttpError {
+    /// Whether the failure may pass by itself: the server did not answer or broke off, or it
+    /// answered that it is busy or failing (5xx, 429, 408). Not: an answer such as 4xx, or a
+    /// body that cannot be read.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Transport { .. } => true,
+            Self::Status { status, .. } => {
+                status.is_server_error()
+                    || *status == StatusCode::TOO_MANY_REQUESTS
+                    || *status == StatusCode::REQUEST_TIMEOUT
+            }
+            Self::BadBody { .. } => false,
+        }
+    }
+}
+
 /// Retry behaviour.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -381,22 +398,15 @@ impl Http {
                 len,
                 sha256,
             }),
-            DownloadBody::Failed(body) => {
-                let failed = Fetched {
+            DownloadBody::Failed(body) => Err(status_error(
+                &method,
+                &Fetched {
                     url: head.url,
                     status: head.status,
                     headers: head.headers,
                     body,
-                };
-                match require_success(&method, failed) {
-                    Err(e) => Err(e),
-                    Ok(f) => Err(HttpError::Transport {
-                        method,
-                        url: self.shown(&f.url),
-                        message: format!("HTTP {} was not streamed", f.status),
-                    }),
-                }
-            }
+                },
+            )),
         }
     }
 
@@ -537,8 +547,14 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// Turns a non-success status into an error naming method and URL.
 pub fn require_success(method: &str, f: Fetched) -> Result<Fetched, HttpError> {
     if f.status.is_success() {
-        return Ok(f);
+        Ok(f)
+    } else {
+        Err(status_error(method, &f))
     }
+}
+
+/// The error of a response whose status is not a success.
+fn status_error(method: &str, f: &Fetched) -> HttpError {
     let detail = match f.status {
         StatusCode::NOT_FOUND => " (not found: check the repository name)".to_owned(),
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -547,12 +563,12 @@ pub fn require_success(method: &str, f: Fetched) -> Result<Fetched, HttpError> {
         _ if !f.body.is_empty() => format!(": {}", snippet(&f.body)),
         _ => String::new(),
     };
-    Err(HttpError::Status {
+    HttpError::Status {
         method: method.to_owned(),
         url: f.url.to_string(),
         status: f.status,
         detail,
-    })
+    }
 }
 
 /// The `next` link of a paginated answer, resolved against the request URL.

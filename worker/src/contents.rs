@@ -43,16 +43,9 @@ impl ContentsError {
     /// `contents/sabakan`, so the other workers do not inherit it.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Http(HttpError::Transport { .. }) | Self::Storage(_) => true,
-            Self::Http(HttpError::Status { status, .. }) => {
-                status.is_server_error()
-                    || *status == reqwest::StatusCode::TOO_MANY_REQUESTS
-                    || *status == reqwest::StatusCode::REQUEST_TIMEOUT
-            }
-            Self::Http(HttpError::BadBody { .. })
-            | Self::Sabakan { .. }
-            | Self::OsImage { .. }
-            | Self::FailedBefore { .. } => false,
+            Self::Http(e) => e.is_transient(),
+            Self::Storage(_) => true,
+            Self::Sabakan { .. } | Self::OsImage { .. } | Self::FailedBefore { .. } => false,
         }
     }
 }
