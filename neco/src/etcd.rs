@@ -365,7 +365,8 @@ async fn connect_one(
 /// The setting to blame when connecting failed in a way that no retry can cure: the server's
 /// certificate is not valid for the configured CA, or the server refused the user and
 /// password, or has no authentication for them. (A client certificate that the server refuses
-/// is not recognized: after a TLS 1.3 handshake the client only sees the connection closed.) `None` for anything else (a member down, a timeout).
+/// is not recognized: after a TLS 1.3 handshake the client only sees the connection closed.)
+/// `None` for anything else (a member down, a timeout).
 fn misconfiguration(config: &EtcdConfig, endpoint: &str, error: &ConnectError) -> Option<String> {
     let ConnectError::Etcd(error) = error else {
         return None;

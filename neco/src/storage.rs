@@ -573,6 +573,25 @@ impl Storage {
         })
     }
 
+    /// The value of a single-key get, `None` when absent; a malformed one goes into
+    /// `malformed` (its full key and the error) and counts as absent.
+    fn decode_one<T: serde::de::DeserializeOwned>(
+        &self,
+        malformed: &mut Vec<(String, String)>,
+        relative: &str,
+        get: &etcd_client::GetResponse,
+    ) -> Option<T> {
+        let kv = get.kvs().first()?;
+        let value = String::from_utf8_lossy(kv.value());
+        match self.decode(relative, &value) {
+            Ok(decoded) => Some(decoded),
+            Err(e) => {
+                malformed.push((self.key(relative), e.to_string()));
+                None
+            }
+        }
+    }
+
     fn encode<T: serde::Serialize>(&self, relative: &str, value: &T) -> Result<String> {
         serde_json::to_string(value).map_err(|e| StorageError::BadValue {
             key: self.key(relative),
@@ -765,29 +784,9 @@ impl Storage {
                 }
             })?;
         let mut malformed = Vec::new();
-        let mut decode_request = |key: &str, relative: &str, get: &etcd_client::GetResponse| {
-            let kv = get.kvs().first()?;
-            let value = String::from_utf8_lossy(kv.value());
-            match self.decode::<UpdateRequest>(relative, &value) {
-                Ok(request) => Some(request),
-                Err(e) => {
-                    malformed.push((key.to_owned(), e.to_string()));
-                    None
-                }
-            }
-        };
-        let request = decode_request(&current, keys::CURRENT, &request_get);
-        let notified = decode_request(&notified_key, keys::NOTIFIED, &notified_get);
-        let pending_notice = pending_get.kvs().first().and_then(|kv| {
-            let value = String::from_utf8_lossy(kv.value());
-            match self.decode::<PendingNotice>(keys::PENDING_NOTICE, &value) {
-                Ok(notice) => Some(notice),
-                Err(e) => {
-                    malformed.push((pending_key.clone(), e.to_string()));
-                    None
-                }
-            }
-        });
+        let request = self.decode_one(&mut malformed, keys::CURRENT, &request_get);
+        let notified = self.decode_one(&mut malformed, keys::NOTIFIED, &notified_get);
+        let pending_notice = self.decode_one(&mut malformed, keys::PENDING_NOTICE, &pending_get);
         let (servers, bad_servers) = self.parse_bootservers(servers_get.kvs());
         malformed.extend(bad_servers);
         let latest = release_get
