@@ -100,9 +100,7 @@ impl EtcdSecurity {
     pub fn password(&self) -> &str {
         &self.password
     }
-}
 
-impl EtcdSecurity {
     /// What a boot server's config needs to reach this member (see [`NecoEtcdSettings`]).
     pub fn neco_settings(&self) -> NecoEtcdSettings<'_> {
         NecoEtcdSettings {
@@ -420,10 +418,7 @@ impl EtcdCluster {
             .get(index)
             .cloned()
             .ok_or_else(|| Error::InvalidArgument(format!("no etcd member {index}")))?;
-        let client = EtcdClient {
-            endpoints: vec![endpoint.clone()],
-            ..self.client()
-        };
+        let client = self.client().only(&endpoint);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let last_error = match client.etcdctl_output(&["endpoint", "health"]) {
@@ -632,18 +627,37 @@ impl EtcdClient {
 
     /// Runs `etcdctl` with `args` and `input` on its stdin; a failure carries its stderr.
     fn etcdctl_with_input(&self, args: &[&str], input: &str) -> Result<String> {
+        self.run_etcdctl(args, Some(input))
+    }
+
+    /// Runs `etcdctl` with `args` and returns its stdout; a failure carries its stderr.
+    pub fn etcdctl_output(&self, args: &[&str]) -> Result<String> {
+        self.run_etcdctl(args, None)
+    }
+
+    fn run_etcdctl(&self, args: &[&str], input: Option<&str>) -> Result<String> {
+        if !Path::new(ETCDCTL).exists() {
+            return Err(Error::MissingProgram {
+                program: ETCDCTL.into(),
+                hint: "install the Debian package etcd-client".into(),
+            });
+        }
         let shown = format!("etcdctl {}", args.join(" "));
         let mut child = self
             .etcdctl()
             .args(args)
-            .stdin(Stdio::piped())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(Error::io(format!("running {shown}")))?;
-        if let Some(mut stdin) = child.stdin.take() {
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
             stdin
-                .write_all(input.as_bytes())
+                .write_all(text.as_bytes())
                 .map_err(Error::io(format!("writing to {shown}")))?;
         }
         let output = child
@@ -659,28 +673,12 @@ impl EtcdClient {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// Runs `etcdctl` with `args` and returns its stdout; a failure carries its stderr.
-    pub fn etcdctl_output(&self, args: &[&str]) -> Result<String> {
-        if !Path::new(ETCDCTL).exists() {
-            return Err(Error::MissingProgram {
-                program: ETCDCTL.into(),
-                hint: "install the Debian package etcd-client".into(),
-            });
+    /// The same client for one of its endpoints only.
+    fn only(&self, endpoint: &str) -> Self {
+        Self {
+            endpoints: vec![endpoint.to_owned()],
+            ..self.clone()
         }
-        let output = self
-            .etcdctl()
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(Error::io(format!("running etcdctl {}", args.join(" "))))?;
-        if !output.status.success() {
-            return Err(Error::ProcessExited {
-                name: format!("etcdctl {}", args.join(" ")),
-                status: output.status.to_string(),
-                output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// The endpoint of the member that is the raft leader now, and each answering endpoint's
@@ -694,10 +692,7 @@ impl EtcdClient {
                 .endpoints
                 .iter()
                 .map(|endpoint| {
-                    let one = Self {
-                        endpoints: vec![endpoint.clone()],
-                        ..self.clone()
-                    };
+                    let one = self.only(endpoint);
                     let ask = scope.spawn(move || {
                         one.etcdctl_output(&[
                             "--command-timeout=1s",
@@ -765,12 +760,9 @@ impl EtcdClient {
         let target = ids.get(endpoint).ok_or_else(|| {
             Error::InvalidArgument(format!("{endpoint} is not one of {:?}", self.endpoints))
         })?;
-        EtcdClient {
-            endpoints: vec![leader],
-            ..self.clone()
-        }
-        .etcdctl_output(&["move-leader", &format!("{target:x}")])
-        .map(drop)
+        self.only(&leader)
+            .etcdctl_output(&["move-leader", &format!("{target:x}")])
+            .map(drop)
     }
 
     /// Every key under `prefix`, in key order.
