@@ -527,6 +527,14 @@ async fn step3_writes_units_and_restarts_only_changed_services() {
 
 // --- step 4 ----------------------------------------------------------------------------------
 
+/// `contents/sabakan` as step 4 records it for `V`.
+fn recorded(success: bool) -> Option<ContentsStatus> {
+    Some(ContentsStatus {
+        version: V.into(),
+        success,
+    })
+}
+
 /// Server 0 after step 2 (its deb cached), with etcd, the OS feed and sabakan.
 struct Step4 {
     etcd: EtcdCluster,
@@ -611,18 +619,12 @@ async fn step4_waits_for_sabakan_to_answer_before_it_uploads() {
     assert!(requests.len() > 6, "{requests:#?}");
     assert_eq!(sabakan.images().len(), 1);
     assert_eq!(sabakan.assets().len(), 1);
-    let recorded = env
-        .storage
-        .contents_status(worker::contents::TARGET)
-        .await
-        .unwrap()
-        .unwrap();
     assert_eq!(
-        recorded,
-        ContentsStatus {
-            version: V.into(),
-            success: true
-        }
+        env.storage
+            .contents_status(worker::contents::TARGET)
+            .await
+            .unwrap(),
+        recorded(true)
     );
 }
 
@@ -681,10 +683,7 @@ async fn step4_records_a_refused_upload_so_the_others_do_not_repeat_it() {
     assert!(e.message.contains("400"), "{e}");
     assert_eq!(
         env.storage.contents_status("sabakan").await.unwrap(),
-        Some(ContentsStatus {
-            version: V.into(),
-            success: false
-        })
+        recorded(false)
     );
     let asked = sabakan.requests().len();
     let e = env
@@ -776,10 +775,7 @@ async fn step4_three_workers_upload_the_contents_exactly_once() {
     );
     assert_eq!(
         env.storage.contents_status("sabakan").await.unwrap(),
-        Some(ContentsStatus {
-            version: V.into(),
-            success: true
-        })
+        recorded(true)
     );
 
     // Done: running it again asks sabakan nothing.
