@@ -8,12 +8,21 @@ use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::Semaphore;
 
 /// The longest a download may take in all; [`Http::download`] ends one that stalls long
 /// before, by its idle timeout.
 const DOWNLOAD_LIMIT: Duration = Duration::from_secs(24 * 3600);
+/// The silence after which a download's attempt is given up ([`Http::download`]'s `idle`, as
+/// the daemons use it): long enough for a slow proxy, short enough to notice a dead one.
+pub const DOWNLOAD_IDLE: Duration = Duration::from_secs(60);
+
+/// The slowest an upload may be, in bytes per second: [`Http::upload`] gives up after the
+/// time this rate needs, plus a minute.
+pub const UPLOAD_MIN_RATE: u64 = 1 << 20;
+/// How much of a file [`Http::upload`] reads at a time.
+const UPLOAD_CHUNK: usize = 256 << 10;
 
 /// The status line and headers of a response.
 struct Head {
@@ -106,6 +115,9 @@ pub enum HttpError {
     },
     #[error("{url}: {message}")]
     BadBody { url: String, message: String },
+    /// A local file to send could not be read.
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
 }
 
 impl HttpError {
@@ -120,7 +132,7 @@ impl HttpError {
                     || *status == StatusCode::TOO_MANY_REQUESTS
                     || *status == StatusCode::REQUEST_TIMEOUT
             }
-            Self::BadBody { .. } => false,
+            Self::BadBody { .. } | Self::File { .. } => false,
         }
     }
 }
@@ -332,7 +344,7 @@ impl Http {
     /// Any final status is returned as it is; callers decide what is an error.
     pub async fn fetch(&self, request: Request) -> Result<Fetched, HttpError> {
         let (head, body) = self
-            .send(request, |resp| async move {
+            .send(&request, retry_clone(&request), |resp| async move {
                 resp.bytes().await.map_err(BodyError::Http)
             })
             .await?;
@@ -360,7 +372,7 @@ impl Http {
         *request.timeout_mut() = Some(DOWNLOAD_LIMIT);
         let method = request.method().to_string();
         let (head, body) = self
-            .send(request, |mut resp| async move {
+            .send(&request, retry_clone(&request), |mut resp| async move {
                 if !resp.status().is_success() {
                     let bytes = resp.bytes().await.map_err(BodyError::Http)?;
                     return Ok(DownloadBody::Failed(bytes));
@@ -410,11 +422,59 @@ impl Http {
         }
     }
 
-    /// The retry loop of [`Http::fetch`] and [`Http::download`]: sends `request`, reads the
+    /// Sends `request` (a request without a body; PUT, POST) with the file at `path` as its
+    /// body, streamed from disk with its length as `Content-Length`: memory stays flat
+    /// whatever the size. Retried as [`Http::fetch`] does, reopening the file for every
+    /// attempt. The transfer may take as long as [`UPLOAD_MIN_RATE`] needs, plus a minute.
+    /// Any final status is returned as it is, with the body read in full.
+    pub async fn upload(
+        &self,
+        request: Request,
+        path: &std::path::Path,
+    ) -> Result<Fetched, HttpError> {
+        let file_error = |e: std::io::Error| HttpError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let len = tokio::fs::metadata(path).await.map_err(file_error)?.len();
+        let limit = Duration::from_secs(60 + len / UPLOAD_MIN_RATE);
+        let template = retry_clone(&request);
+        let make = || async {
+            let mut request = template().await?;
+            let file = tokio::fs::File::open(path).await.map_err(file_error)?;
+            *request.body_mut() = Some(reqwest::Body::wrap_stream(file_chunks(file)));
+            request
+                .headers_mut()
+                .insert(reqwest::header::CONTENT_LENGTH, len.into());
+            *request.timeout_mut() = Some(limit);
+            Ok(request)
+        };
+        let (head, body) = self
+            .send(&request, make, |resp| async move {
+                resp.bytes().await.map_err(BodyError::Http)
+            })
+            .await?;
+        Ok(Fetched {
+            url: head.url,
+            status: head.status,
+            headers: head.headers,
+            body,
+        })
+    }
+
+    /// The retry loop of [`Http::fetch`], [`Http::download`] and [`Http::upload`]: sends
+    /// what `make` builds for each attempt (a copy of `request`, with a fresh body), reads the
     /// response with `read`, and tries again on 429, 5xx, transport errors and failed reads
     /// (not on local I/O errors).
-    async fn send<T, F, Fut>(&self, request: Request, mut read: F) -> Result<(Head, T), HttpError>
+    async fn send<T, M, MFut, F, Fut>(
+        &self,
+        request: &Request,
+        mut make: M,
+        mut read: F,
+    ) -> Result<(Head, T), HttpError>
     where
+        M: FnMut() -> MFut,
+        MFut: std::future::Future<Output = Result<Request, HttpError>>,
         F: FnMut(reqwest::Response) -> Fut,
         Fut: std::future::Future<Output = Result<T, BodyError>>,
     {
@@ -425,13 +485,7 @@ impl Http {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let Some(this) = request.try_clone() else {
-                return Err(HttpError::Transport {
-                    method,
-                    url: shown,
-                    message: "request body cannot be retried".into(),
-                });
-            };
+            let this = make().await?;
             let outcome = {
                 let _permit = limit.acquire().await.map_err(|e| HttpError::Transport {
                     method: method.clone(),
@@ -511,6 +565,36 @@ impl Http {
             .unwrap_or(backoff)
             .min(self.retry.max_delay)
     }
+}
+
+/// What [`Http::send`] sends for each attempt of a request with no body or a clonable one: a
+/// copy. A request with a streamed body cannot be copied; such a body goes through
+/// [`Http::upload`].
+fn retry_clone(
+    request: &Request,
+) -> impl Fn() -> std::future::Ready<Result<Request, HttpError>> + '_ {
+    move || {
+        std::future::ready(request.try_clone().ok_or_else(|| HttpError::Transport {
+            method: request.method().to_string(),
+            url: request.url().to_string(),
+            message: "a streamed request body cannot be retried".into(),
+        }))
+    }
+}
+
+/// The chunks of a file, read as the request body is sent.
+fn file_chunks(
+    file: tokio::fs::File,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures::stream::try_unfold(file, |mut file| async move {
+        let mut chunk = bytes::BytesMut::zeroed(UPLOAD_CHUNK);
+        let n = file.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        chunk.truncate(n);
+        Ok(Some((chunk.freeze(), file)))
+    })
 }
 
 fn is_retryable(status: StatusCode) -> bool {

@@ -1,5 +1,6 @@
 //! `Http::download` against a loopback server that streams its body: 500 MB with flat memory,
-//! a slow transfer that outlasts the client's whole-request timeout, and a transfer that stalls.
+//! a slow transfer that outlasts the client's whole-request timeout, and a transfer that stalls;
+//! then `Http::upload` of the 500 MB back, streamed from disk with flat memory and retried.
 //! One test binary of its own, so that its peak-memory reading is not blurred by other tests.
 
 // Test code: a failed call is a failed test.
@@ -87,10 +88,68 @@ async fn serve(plan: Plan) -> (String, Arc<Notify>) {
     (url, release)
 }
 
+/// What an upload server received: the `Content-Length` and the digest of each body.
+type Received = Arc<std::sync::Mutex<Vec<(Option<usize>, String)>>>;
+
+/// Accepts uploads: reads each request's body in full (hashing it, holding none of it) and
+/// answers 503 to the first `refuse` of them, 201 to the others.
+async fn accept_uploads(refuse: usize) -> (String, Received) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/upload", listener.local_addr().unwrap());
+    let received: Received = Arc::default();
+    let log = Arc::clone(&received);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            // One request per connection: the head, then exactly Content-Length bytes.
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if socket.read_exact(&mut byte).await.is_err() {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let mut hasher = Sha256::new();
+            let mut left = length.unwrap_or(0);
+            let mut buf = vec![0u8; MIB];
+            while left > 0 {
+                let n = socket.read(&mut buf[..left.min(MIB)]).await.unwrap();
+                assert!(n > 0, "the upload ended {left} bytes early");
+                hasher.update(&buf[..n]);
+                left -= n;
+            }
+            let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+            let answer = {
+                let mut log = log.lock().unwrap();
+                log.push((length, digest));
+                if log.len() <= refuse {
+                    "HTTP/1.1 503 Service Unavailable\r\nretry-after: 0\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                } else {
+                    "HTTP/1.1 201 Created\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                }
+            };
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    (url, received)
+}
+
 fn http(timeout: Duration) -> Http {
+    http_with_attempts(timeout, 1)
+}
+
+fn http_with_attempts(timeout: Duration, attempts: u32) -> Http {
     Http::with_options(HttpOptions {
         retry: RetryPolicy {
-            attempts: 1,
+            attempts,
             base_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(1),
         },
@@ -137,6 +196,7 @@ async fn downloads_stream_to_disk_with_flat_memory_and_only_an_idle_timeout() {
         got.len / 1024 / 1024,
         grown as f64 / 1024.0 / 1024.0
     );
+    let downloaded_peak = peak_rss();
     assert_eq!(got.len, 500 * 1024 * 1024);
     assert_eq!(got.sha256, expected_sha256(&big));
     assert_eq!(
@@ -147,6 +207,41 @@ async fn downloads_stream_to_disk_with_flat_memory_and_only_an_idle_timeout() {
         grown < 64 * 1024 * 1024,
         "peak memory grew by {grown} bytes for a 500 MiB download"
     );
+
+    // The same 500 MB uploaded: streamed from the file, with its length; the first attempt
+    // gets a 503 after the whole body, the second sends the whole file again.
+    let (url, received) = accept_uploads(1).await;
+    let client = http_with_attempts(Duration::from_secs(1), 2);
+    let request = client.client().put(&url).build().unwrap();
+    let answer = client.upload(request, got.file.path()).await.unwrap();
+    let grown = peak_rss().saturating_sub(downloaded_peak);
+    eprintln!(
+        "upload of 500 MiB: peak memory grew by {:.1} MiB",
+        grown as f64 / 1024.0 / 1024.0
+    );
+    assert_eq!(answer.status, 201);
+    let received = received.lock().unwrap().clone();
+    assert_eq!(
+        received,
+        vec![
+            (Some(500 * MIB), expected_sha256(&big)),
+            (Some(500 * MIB), expected_sha256(&big))
+        ]
+    );
+    assert!(
+        grown < 64 * 1024 * 1024,
+        "peak memory grew by {grown} bytes for a 500 MiB upload"
+    );
+    // A file that is not there is named, and not retried.
+    let missing = dir.path().join("missing");
+    let request = client.client().put(&url).build().unwrap();
+    let e = client.upload(request, &missing).await.unwrap_err();
+    assert!(!e.is_transient(), "{e}");
+    assert!(
+        e.to_string().contains(&missing.display().to_string()),
+        "{e}"
+    );
+
     drop(got);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 

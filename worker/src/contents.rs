@@ -1,15 +1,17 @@
 //! Sabakan contents: the pinned OS image and assets uploaded to sabakan by one worker at a
 //! time (reference/neco-cd.md §8.5, contents protocol).
 
-use bytes::Bytes;
-use fetch::http::{require_success, Http, HttpError};
+use fetch::http::{require_success, Http, HttpError, DOWNLOAD_IDLE};
 use neco::lease::Leadership;
 use neco::storage::{keys, Storage, StorageError};
 use neco::types::{ContentsStatus, Lrn};
 use reqwest::Url;
 use serde::Deserialize;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Where, under the root, the OS image is downloaded and its archive built (temporary files).
+pub const WORK_DIR: &str = "var/lib/neco/os-image";
 /// The contents target in etcd (`contents/sabakan`).
 pub const TARGET: &str = "sabakan";
 /// TTL of the lease behind the worker leadership held while uploading. The holder keeps it
@@ -117,17 +119,31 @@ impl Sabakan<'_> {
         Ok(index.into_iter().map(|e| e.id).collect())
     }
 
-    /// Uploads an OS image: a tar archive holding `kernel` and `initrd`.
-    pub async fn put_image(&self, id: &str, archive: Vec<u8>) -> Result<(), ContentsError> {
+    /// Uploads an OS image: the tar archive at `archive`, holding `kernel` and `initrd.gz`,
+    /// streamed from disk.
+    pub async fn put_image(&self, id: &str, archive: &Path) -> Result<(), ContentsError> {
         let url = self.url(&format!("api/v1/images/coreos/{id}"))?;
-        self.send(
+        self.upload(
             self.http
                 .client()
                 .put(url)
-                .header(reqwest::header::CONTENT_TYPE, "application/tar")
-                .body(archive),
+                .header(reqwest::header::CONTENT_TYPE, "application/tar"),
+            archive,
         )
-        .await?;
+        .await
+    }
+
+    async fn upload(
+        &self,
+        request: reqwest::RequestBuilder,
+        path: &Path,
+    ) -> Result<(), ContentsError> {
+        let request = request.build().map_err(|e| ContentsError::Sabakan {
+            url: self.base.to_string(),
+            message: e.to_string(),
+        })?;
+        let method = request.method().to_string();
+        require_success(&method, self.http.upload(request, path).await?)?;
         Ok(())
     }
 
@@ -138,25 +154,24 @@ impl Sabakan<'_> {
         Ok(got.json()?)
     }
 
-    /// Uploads an asset with its sha256 for sabakan to verify.
+    /// Uploads the file at `path` as an asset, with its sha256 for sabakan to verify.
     pub async fn put_asset(
         &self,
         name: &str,
         content_type: &str,
         sha256_hex: &str,
-        content: Bytes,
+        path: &Path,
     ) -> Result<(), ContentsError> {
         let url = self.url(&format!("api/v1/assets/{name}"))?;
-        self.send(
+        self.upload(
             self.http
                 .client()
                 .put(url)
                 .header(reqwest::header::CONTENT_TYPE, content_type)
-                .header("X-Sabakan-Asset-SHA256", sha256_hex)
-                .body(content),
+                .header("X-Sabakan-Asset-SHA256", sha256_hex),
+            path,
         )
-        .await?;
-        Ok(())
+        .await
     }
 }
 
@@ -167,7 +182,8 @@ pub struct Asset {
     pub content_type: String,
     /// Hex, without the `sha256:` prefix.
     pub sha256_hex: String,
-    pub content: Bytes,
+    /// Where the content is (the worker's deb cache).
+    pub path: PathBuf,
 }
 
 /// What to upload.
@@ -178,50 +194,74 @@ pub struct Contents {
     pub kernel_url: Url,
     pub initrd_url: Url,
     pub assets: Vec<Asset>,
+    /// Where the OS image's files are downloaded to, and its archive built.
+    pub work_dir: PathBuf,
 }
 
-/// A tar archive of the kernel and the initrd (`kernel`, `initrd.gz`), as sabakan's image API
-/// takes it.
-pub fn image_archive(kernel: &[u8], initrd: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (name, data) in [("kernel", kernel), ("initrd.gz", initrd)] {
+/// Writes a tar archive of the kernel and the initrd at the given paths (`kernel`,
+/// `initrd.gz`), as sabakan's image API takes it, into a temporary file in `dir`. Blocking.
+pub fn image_archive(
+    kernel: &Path,
+    initrd: &Path,
+    dir: &Path,
+) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut builder = tar::Builder::new(tempfile::NamedTempFile::new_in(dir)?);
+    for (name, path) in [("kernel", kernel), ("initrd.gz", initrd)] {
+        let file = std::fs::File::open(path)?;
         let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
+        header.set_size(file.metadata()?.len());
         header.set_mode(0o644);
         header.set_mtime(0);
         header.set_cksum();
-        builder.append_data(&mut header, name, data)?;
+        builder.append_data(&mut header, name, file)?;
     }
-    builder.into_inner()
+    let archive = builder.into_inner()?;
+    archive.as_file().sync_all()?;
+    Ok(archive)
 }
 
-/// Uploads what the sabakan index lacks.
+/// Uploads what the sabakan index lacks. The OS image's files are downloaded into temporary
+/// files in the contents' `work_dir` (created when missing), removed afterwards.
 pub async fn upload_missing(
     sabakan: &Sabakan<'_>,
     http: &Http,
     contents: &Contents,
 ) -> Result<(), ContentsError> {
+    let work_dir = contents.work_dir.as_path();
     let ids = sabakan.image_ids().await?;
     if !ids.contains(&contents.os_version) {
+        let failed = |message: String| ContentsError::OsImage {
+            version: contents.os_version.clone(),
+            message,
+        };
+        tokio::fs::create_dir_all(work_dir)
+            .await
+            .map_err(|e| failed(format!("{}: {e}", work_dir.display())))?;
         let download = |url: Url| async move {
-            let request =
-                http.client()
-                    .get(url.clone())
-                    .build()
-                    .map_err(|e| ContentsError::OsImage {
-                        version: contents.os_version.clone(),
-                        message: format!("{url}: {e}"),
-                    })?;
-            let got = require_success("GET", http.fetch(request).await?)?;
-            Ok::<Bytes, ContentsError>(got.body)
+            let request = http
+                .client()
+                .get(url.clone())
+                .build()
+                .map_err(|e| failed(format!("{url}: {e}")))?;
+            Ok::<_, ContentsError>(http.download(request, work_dir, DOWNLOAD_IDLE).await?)
         };
         let kernel = download(contents.kernel_url.clone()).await?;
         let initrd = download(contents.initrd_url.clone()).await?;
-        let archive = image_archive(&kernel, &initrd).map_err(|e| ContentsError::OsImage {
-            version: contents.os_version.clone(),
-            message: e.to_string(),
+        let dir = work_dir.to_owned();
+        let archive = tokio::task::spawn_blocking(move || {
+            image_archive(kernel.file.path(), initrd.file.path(), &dir)
+        })
+        .await
+        .map_err(|e| failed(format!("building the image archive: {e}")))?
+        .map_err(|e| {
+            failed(format!(
+                "building the image archive in {}: {e}",
+                work_dir.display()
+            ))
         })?;
-        sabakan.put_image(&contents.os_version, archive).await?;
+        sabakan
+            .put_image(&contents.os_version, archive.path())
+            .await?;
         tracing::info!(version = %contents.os_version, "uploaded the OS image to sabakan");
     }
     let names = sabakan.asset_names().await?;
@@ -232,7 +272,7 @@ pub async fn upload_missing(
                     &asset.name,
                     &asset.content_type,
                     &asset.sha256_hex,
-                    asset.content.clone(),
+                    &asset.path,
                 )
                 .await?;
             tracing::info!(asset = %asset.name, "uploaded an asset to sabakan");

@@ -64,8 +64,6 @@ pub enum DebError {
 /// Attempts of a download before giving up (the asset API is retried by `fetch` too).
 const DOWNLOAD_ATTEMPTS: u32 = 3;
 const DOWNLOAD_PAUSE: Duration = Duration::from_secs(2);
-/// A download that sends nothing for this long is tried again; a slow one is never cut off.
-const DOWNLOAD_IDLE: Duration = Duration::from_secs(60);
 
 /// Finds a release by tag and its asset by a name predicate.
 pub async fn find_asset(
@@ -135,7 +133,7 @@ pub async fn download_to_cache(
             source,
         })?;
     with_attempts(package, asset, || {
-        github.download_asset_to(asset, &dir, DOWNLOAD_IDLE)
+        github.download_asset_to(asset, &dir, fetch::http::DOWNLOAD_IDLE)
     })
     .await
 }

@@ -40,9 +40,6 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const REPOSITORY: &str = "io.cybozu.neco.repository";
 /// The content of the `oci-layout` file.
 pub const OCI_LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
-/// A blob download that sends nothing for this long is tried again; a slow one is never cut
-/// off.
-const BLOB_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// An image to copy: what [`ContainerImage`] pins, as owned strings.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -544,7 +541,7 @@ impl Copier<'_> {
             // a layer may be hundreds of MB.
             let downloaded = self
                 .client
-                .get_blob_to(digest, &self.layout.blobs, BLOB_IDLE)
+                .get_blob_to(digest, &self.layout.blobs, fetch::http::DOWNLOAD_IDLE)
                 .await?;
             tracing::debug!(%digest, size = downloaded.len, "blob downloaded");
             self.layout.persist_blob(digest, downloaded).await?;

@@ -247,23 +247,22 @@ impl StepContext<'_> {
             reqwest::Url::parse(&format!("{base}amd64-usr/{}/{file}", os.version))
                 .map_err(|e| Self::fail(step, format!("OS image URL: {e}")))
         };
-        let mut assets = Vec::new();
-        for deb in artifacts::ARTIFACTS.debs {
-            let path = self.root.join(debs::CACHE_DIR).join(deb.asset.as_str());
-            let content = std::fs::read(&path)
-                .map_err(|e| Self::fail(step, format!("asset {}: {e}", path.display())))?;
-            assets.push(Asset {
+        let assets = artifacts::ARTIFACTS
+            .debs
+            .iter()
+            .map(|deb| Asset {
                 name: deb.asset.as_str().to_owned(),
                 content_type: "application/vnd.debian.binary-package".into(),
                 sha256_hex: deb.sha256.as_str().trim_start_matches("sha256:").to_owned(),
-                content: content.into(),
-            });
-        }
+                path: self.root.join(debs::CACHE_DIR).join(deb.asset.as_str()),
+            })
+            .collect();
         let contents = Contents {
             os_version: os.version.as_str().to_owned(),
             kernel_url: url("flatcar_production_pxe.vmlinuz")?,
             initrd_url: url("flatcar_production_pxe_image.cpio.gz")?,
             assets,
+            work_dir: self.root.join(contents::WORK_DIR),
         };
         let http = self.online.http().await.map_err(|e| Self::fail(step, e))?;
         let sabakan = Sabakan {

@@ -777,6 +777,20 @@ async fn step4_three_workers_upload_the_contents_exactly_once() {
         env.storage.contents_status("sabakan").await.unwrap(),
         recorded(true)
     );
+    // The uploader's downloads and archive were temporary files.
+    for server in &servers {
+        let work = server.path().join(worker::contents::WORK_DIR);
+        let left: Vec<_> = std::fs::read_dir(&work)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+    assert!(
+        servers
+            .iter()
+            .any(|s| s.path().join(worker::contents::WORK_DIR).is_dir()),
+        "no worker downloaded the OS image into its work directory"
+    );
 
     // Done: running it again asks sabakan nothing.
     let asked = sabakan.requests().len();
