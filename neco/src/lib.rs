@@ -64,7 +64,14 @@ pub fn http_options(
     retry: fetch::http::RetryPolicy,
 ) -> Result<fetch::http::HttpOptions, String> {
     let proxy = proxy
-        .map(|p| reqwest::Url::parse(p).map_err(|e| format!("config/proxy {p:?}: {e}")))
+        .map(|p| {
+            // Not echoed: a proxy URL may hold a password.
+            reqwest::Url::parse(p).map_err(|e| {
+                format!(
+                    "config/proxy: not a URL: {e} (the value is not shown: it may hold a password)"
+                )
+            })
+        })
         .transpose()?;
     Ok(fetch::http::HttpOptions {
         per_host,
@@ -81,4 +88,15 @@ pub fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_bad_proxy_url_is_refused_without_its_password() {
+        let retry = fetch::http::RetryPolicy::default();
+        let err = super::http_options(Some("http://user:s3cret@"), 1, retry).unwrap_err();
+        assert!(err.contains("config/proxy"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
 }

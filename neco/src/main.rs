@@ -95,10 +95,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Checks a value for a key and returns what etcd stores (`None`: delete the key).
 fn validate(key: ConfigKey, value: &str) -> Result<Option<String>, String> {
+    // A webhook URL is a credential, a proxy URL may hold a password: neither is echoed.
     let url = |value: &str| -> Result<Option<String>, String> {
-        let url = reqwest::Url::parse(value).map_err(|e| format!("{value:?}: {e}"))?;
+        let not_shown = "(the value is not shown: it may hold a credential)";
+        let url = reqwest::Url::parse(value)
+            .map_err(|e| format!("{}: not a URL: {e} {not_shown}", key.key()))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(format!("{value:?}: expected an absolute http(s) URL"));
+            return Err(format!(
+                "{}: expected an absolute http(s) URL {not_shown}",
+                key.key()
+            ));
         }
         Ok(Some(value.to_owned()))
     };
@@ -222,6 +228,16 @@ mod tests {
         ] {
             let err = validate(key, bad).unwrap_err();
             assert!(!err.is_empty(), "{key:?} {bad}");
+        }
+        // A bad webhook or proxy URL is refused without showing the secret in it.
+        for (key, bad) in [
+            (ConfigKey::Slack, "hooks.example/services/T0/B0/s3cret"),
+            (ConfigKey::Proxy, "socks://user:s3cret@proxy.example"),
+            (ConfigKey::Proxy, "http://user:s3cret@"),
+        ] {
+            let err = validate(key, bad).unwrap_err();
+            assert!(err.contains(key.key()), "{err}");
+            assert!(!err.contains("s3cret"), "{err}");
         }
     }
 }

@@ -545,7 +545,7 @@ impl Storage {
         ));
         ops.push(TxnOp::put(
             current.as_bytes(),
-            self.encode(keys::CURRENT, &request)?,
+            self.encode(keys::CURRENT, &request)?.1,
             None,
         ));
         let txn = Txn::new()
@@ -592,12 +592,17 @@ impl Storage {
         }
     }
 
-    fn encode<T: serde::Serialize>(&self, relative: &str, value: &T) -> Result<String> {
-        serde_json::to_string(value).map_err(|e| StorageError::BadValue {
-            key: self.key(relative),
-            value: String::new(),
-            message: e.to_string(),
-        })
+    /// The full key of `relative` and `value` as the JSON to put there.
+    fn encode<T: serde::Serialize>(&self, relative: &str, value: &T) -> Result<(String, String)> {
+        let key = self.key(relative);
+        match serde_json::to_string(value) {
+            Ok(json) => Ok((key, json)),
+            Err(e) => Err(StorageError::BadValue {
+                key,
+                value: String::new(),
+                message: e.to_string(),
+            }),
+        }
     }
 
     /// The update request and its modification revision.
@@ -610,8 +615,7 @@ impl Storage {
 
     /// Writes the request while `leader_key` exists.
     pub async fn put_request(&self, request: &UpdateRequest, leader_key: &str) -> Result<()> {
-        let key = self.key(keys::CURRENT);
-        let value = self.encode(keys::CURRENT, request)?;
+        let (key, value) = self.encode(keys::CURRENT, request)?;
         self.guarded(leader_key, vec![put_once(&key, &value)], keys::CURRENT)
             .await
     }
@@ -624,10 +628,8 @@ impl Storage {
         notice: &PendingNotice,
         leader_key: &str,
     ) -> Result<()> {
-        let key = self.key(keys::CURRENT);
-        let value = self.encode(keys::CURRENT, request)?;
-        let pending = self.key(keys::PENDING_NOTICE);
-        let notice = self.encode(keys::PENDING_NOTICE, notice)?;
+        let (key, value) = self.encode(keys::CURRENT, request)?;
+        let (pending, notice) = self.encode(keys::PENDING_NOTICE, notice)?;
         self.guarded(
             leader_key,
             vec![put_once(&key, &value), put_once(&pending, &notice)],
@@ -639,8 +641,7 @@ impl Storage {
     /// Removes the pending notice once it was sent, if it is still `notice` (while
     /// `leader_key` exists).
     pub async fn clear_notice(&self, notice: &PendingNotice, leader_key: &str) -> Result<()> {
-        let pending = self.key(keys::PENDING_NOTICE);
-        let value = self.encode(keys::PENDING_NOTICE, notice)?;
+        let (pending, value) = self.encode(keys::PENDING_NOTICE, notice)?;
         self.guarded(
             leader_key,
             vec![TxnOp::txn(
@@ -659,8 +660,7 @@ impl Storage {
 
     /// Records that the success of `request` was notified.
     pub async fn put_notified(&self, request: &UpdateRequest, leader_key: &str) -> Result<()> {
-        let key = self.key(keys::NOTIFIED);
-        let value = self.encode(keys::NOTIFIED, request)?;
+        let (key, value) = self.encode(keys::NOTIFIED, request)?;
         self.guarded(leader_key, vec![put_once(&key, &value)], keys::NOTIFIED)
             .await
     }
@@ -673,11 +673,9 @@ impl Storage {
         notice: &PendingNotice,
         leader_key: &str,
     ) -> Result<()> {
-        let key = self.key(keys::CURRENT);
         let statuses = self.key(keys::STATUSES);
-        let value = self.encode(keys::CURRENT, request)?;
-        let pending = self.key(keys::PENDING_NOTICE);
-        let notice = self.encode(keys::PENDING_NOTICE, notice)?;
+        let (key, value) = self.encode(keys::CURRENT, request)?;
+        let (pending, notice) = self.encode(keys::PENDING_NOTICE, notice)?;
         self.guarded(
             leader_key,
             // Once: a retry after an applied attempt would wipe the statuses the workers
@@ -714,8 +712,7 @@ impl Storage {
         request_revision: i64,
     ) -> Result<()> {
         let relative = keys::status(lrn);
-        let key = self.key(&relative);
-        let value = self.encode(&relative, status)?;
+        let (key, value) = self.encode(&relative, status)?;
         let current = self.key(keys::CURRENT);
         let txn = Txn::new()
             .when(vec![Compare::mod_revision(
@@ -876,8 +873,7 @@ impl Storage {
         leader_key: &str,
     ) -> Result<()> {
         let relative = keys::contents(target);
-        let key = self.key(&relative);
-        let value = self.encode(&relative, status)?;
+        let (key, value) = self.encode(&relative, status)?;
         self.guarded(leader_key, vec![put_once(&key, &value)], &relative)
             .await
     }
