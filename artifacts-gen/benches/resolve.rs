@@ -111,7 +111,7 @@ impl Bench {
         }
         // Never fetched: only images are resolved.
         text.push_str(
-            "[os_image]\nchannel = \"stable\"\nfeed = \"http://127.0.0.1:9/feed.json\"\n",
+            "[os_image]\nchannel = \"stable\"\nfeed = \"http://127.0.0.1:9/feed.json\"\nbase_url = \"http://127.0.0.1:9/{channel}/\"\n",
         );
         let manifest = Manifest::parse(Path::new("bench/artifacts.toml"), &text)?;
         let today = time::OffsetDateTime::now_utc().date();

@@ -77,6 +77,11 @@ pub struct Cli {
     #[arg(long, value_name = "URL", env = "ARTIFACTS_GEN_OS_FEED")]
     pub os_feed: Option<Url>,
 
+    /// Base URL of the OS image's files (and their `.DIGESTS`), replacing the manifest's
+    /// `base_url`; `{channel}` is replaced by the channel.
+    #[arg(long, value_name = "URL", env = "ARTIFACTS_GEN_OS_IMAGE_BASE", value_parser = parse_os_image_base)]
+    pub os_image_base: Option<String>,
+
     /// Most requests in flight to one host.
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
@@ -102,6 +107,15 @@ fn parse_registry_override(value: &str) -> Result<(String, Url), String> {
         url.set_path(&path);
     }
     Ok((host.to_owned(), url))
+}
+
+fn parse_os_image_base(value: &str) -> Result<String, String> {
+    let url =
+        Url::parse(&value.replace("{channel}", "stable")).map_err(|e| format!("{value:?}: {e}"))?;
+    if !url.path().ends_with('/') {
+        return Err(format!("{value:?}: the base URL must end with `/`"));
+    }
+    Ok(value.to_owned())
 }
 
 const DATE_FORMAT: &[time::format_description::BorrowedFormatItem<'static>] =
@@ -144,6 +158,7 @@ impl Cli {
                 url
             }),
             os_feed: self.os_feed.clone(),
+            os_image_base: self.os_image_base.clone(),
         }
     }
 

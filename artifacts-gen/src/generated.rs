@@ -52,6 +52,9 @@ pub struct PinnedDeb {
 pub struct PinnedOs {
     pub channel: String,
     pub version: String,
+    /// `sha512:<hex>` of the kernel and of the initrd, from the feed's `.DIGESTS` files.
+    pub kernel_sha512: String,
+    pub initrd_sha512: String,
     pub resolved: String,
 }
 
@@ -164,6 +167,16 @@ impl PinnedSet {
             artifacts::check_os_version,
         )?;
         check(
+            "os image: kernel_sha512".into(),
+            &os.kernel_sha512,
+            artifacts::check_file_digest,
+        )?;
+        check(
+            "os image: initrd_sha512".into(),
+            &os.initrd_sha512,
+            artifacts::check_file_digest,
+        )?;
+        check(
             "os image: resolved".into(),
             &os.resolved,
             artifacts::check_date,
@@ -260,10 +273,13 @@ pub fn render(set: &PinnedSet, mode: Mode) -> Result<String, GeneratedError> {
     });
     let image_ids = set.images.iter().map(|i| ident(&i.name));
     let deb_ids = set.debs.iter().map(|d| ident(&d.name));
-    let (channel, version, os_resolved) = (
-        &set.os_image.channel,
-        &set.os_image.version,
-        &set.os_image.resolved,
+    let os = &set.os_image;
+    let (channel, version, kernel_sha512, initrd_sha512, os_resolved) = (
+        &os.channel,
+        &os.version,
+        &os.kernel_sha512,
+        &os.initrd_sha512,
+        &os.resolved,
     );
     let resolved_from = &set.resolved_from;
     let tokens: TokenStream = quote! {
@@ -290,6 +306,8 @@ pub fn render(set: &PinnedSet, mode: Mode) -> Result<String, GeneratedError> {
         pub const OS_IMAGE: crate::OsImage = crate::OsImage {
             channel: crate::Name::new(#channel),
             version: crate::OsVersion::new(#version),
+            kernel_sha512: crate::FileDigest::new(#kernel_sha512),
+            initrd_sha512: crate::FileDigest::new(#initrd_sha512),
             resolved: crate::Date::new(#os_resolved),
         };
 
@@ -338,6 +356,12 @@ pub fn parse(path: &Path, text: &str) -> Result<PinnedSet, GeneratedError> {
                         .map_err(|m| shape(format!("OS_IMAGE: {m}")))?,
                     version: f
                         .string("version")
+                        .map_err(|m| shape(format!("OS_IMAGE: {m}")))?,
+                    kernel_sha512: f
+                        .string("kernel_sha512")
+                        .map_err(|m| shape(format!("OS_IMAGE: {m}")))?,
+                    initrd_sha512: f
+                        .string("initrd_sha512")
                         .map_err(|m| shape(format!("OS_IMAGE: {m}")))?,
                     resolved: f
                         .string("resolved")
@@ -505,6 +529,8 @@ mod tests {
             os_image: PinnedOs {
                 channel: "stable".into(),
                 version: "4152.2.1".into(),
+                kernel_sha512: format!("sha512:{}", "d".repeat(128)),
+                initrd_sha512: format!("sha512:{}", "e".repeat(128)),
                 resolved: "2026-11-26".into(),
             },
         }

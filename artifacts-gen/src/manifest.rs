@@ -66,6 +66,9 @@ pub struct OsSpec {
     pub channel: String,
     /// URL of the release feed: a JSON object keyed by version.
     pub feed: String,
+    /// Base URL of the releases' files, `{channel}` replaced by the channel: a release's file
+    /// is at `<base>amd64-usr/<version>/<file>`, its checksums at `<file>.DIGESTS`.
+    pub base_url: String,
     #[serde(flatten)]
     pub policy: PolicySpec,
 }
@@ -178,6 +181,17 @@ impl Manifest {
         artifacts::check_name(&os.channel)
             .map_err(|e| format!("os_image: channel {:?}: {e}", os.channel))?;
         reqwest::Url::parse(&os.feed).map_err(|e| format!("os_image: feed {:?}: {e}", os.feed))?;
+        let base = os.base_url.replace("{channel}", &os.channel);
+        reqwest::Url::parse(&base)
+            .map_err(|e| e.to_string())
+            .and_then(|url| {
+                if url.path().ends_with('/') {
+                    Ok(())
+                } else {
+                    Err("it must end with `/`".to_owned())
+                }
+            })
+            .map_err(|e| format!("os_image: base_url {:?}: {e}", os.base_url))?;
         os.policy
             .to_policy()
             .map_err(|e| format!("os_image: {e}"))?;
@@ -260,6 +274,7 @@ asset = '^etcdpasswd_.*_amd64\.deb$'
 [os_image]
 channel = "stable"
 feed = "https://www.flatcar.org/releases-json/releases-stable.json"
+base_url = "https://{channel}.release.flatcar-linux.net/"
 "#;
 
     fn parse(text: &str) -> Result<Manifest, ManifestError> {

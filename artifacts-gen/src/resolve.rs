@@ -20,6 +20,8 @@ pub struct Endpoints {
     pub github_api: Option<Url>,
     /// Replaces the OS feed URL of `artifacts.toml`.
     pub os_feed: Option<Url>,
+    /// Replaces the base URL of the OS image's files of `artifacts.toml` (with `{channel}`).
+    pub os_image_base: Option<String>,
 }
 
 impl Endpoints {
@@ -28,6 +30,7 @@ impl Endpoints {
             registries: BTreeMap::new(),
             github_api: None,
             os_feed: None,
+            os_image_base: None,
         }
     }
 
@@ -46,7 +49,10 @@ impl Endpoints {
 
     /// Whether any source is overridden (a mirror or a stand-in rather than upstream).
     pub fn overridden(&self) -> bool {
-        !self.registries.is_empty() || self.github_api.is_some() || self.os_feed.is_some()
+        !self.registries.is_empty()
+            || self.github_api.is_some()
+            || self.os_feed.is_some()
+            || self.os_image_base.is_some()
     }
 
     /// The text recorded as `RESOLVED_FROM`. Deterministic: no ports, no times.
@@ -255,10 +261,34 @@ impl Resolver {
             .map_err(|e| err(SourceError::Feed(e)))?;
         let selection = select(versions.into_iter().map(Offer::new).collect(), rules);
         let version = chosen(Kind::Os, &spec.channel, &selection)?;
+        // The checksums the feed publishes next to the chosen release's files.
+        let base = self
+            .endpoints
+            .os_image_base
+            .as_deref()
+            .unwrap_or(&spec.base_url)
+            .replace("{channel}", &spec.channel);
+        let digests_url = |file: &str| {
+            let path = format!("{}.DIGESTS", artifacts::OsImage::file_path(&version, file));
+            Url::parse(&base).and_then(|b| b.join(&path)).map_err(|e| {
+                err(SourceError::Feed(FeedError::BadUrl {
+                    url: format!("{base}{path}"),
+                    message: e.to_string(),
+                }))
+            })
+        };
+        let kernel_url = digests_url(artifacts::OsImage::KERNEL_FILE)?;
+        let initrd_url = digests_url(artifacts::OsImage::INITRD_FILE)?;
+        let (kernel, initrd) = futures::join!(
+            feed::file_sha512(&self.http, &kernel_url, artifacts::OsImage::KERNEL_FILE),
+            feed::file_sha512(&self.http, &initrd_url, artifacts::OsImage::INITRD_FILE),
+        );
         Ok(Resolution {
             pin: PinnedOs {
                 channel: spec.channel.clone(),
                 version,
+                kernel_sha512: kernel.map_err(|e| err(SourceError::Feed(e)))?,
+                initrd_sha512: initrd.map_err(|e| err(SourceError::Feed(e)))?,
                 resolved: String::new(),
             },
             selection,

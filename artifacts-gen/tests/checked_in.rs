@@ -67,6 +67,7 @@ fn both_files_say_they_come_from_the_local_mirror() {
         )]),
         github_api: None,
         os_feed: None,
+        os_image_base: None,
     }
     .provenance();
     assert_ne!(mirror, Endpoints::upstream().provenance());

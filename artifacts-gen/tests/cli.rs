@@ -42,6 +42,8 @@ impl Servers {
             &self.github.base_url(),
             "--os-feed",
             &self.feed.feed_url(),
+            "--os-image-base",
+            &self.feed.file_base_template(),
         ]);
         list.extend(args(extra));
         list
@@ -61,6 +63,7 @@ fn mirror_provenance() -> String {
         )]),
         github_api: None,
         os_feed: None,
+        os_image_base: None,
     }
     .provenance()
 }
@@ -159,6 +162,10 @@ fn happy_path_writes_pins_that_parse_back_and_a_second_run_is_up_to_date() {
         os_image: PinnedOs {
             channel: "stable".into(),
             version: "3975.2.1".into(),
+            kernel_sha512: FeedServer::file_sha512("stable", "3975.2.1", dctest::feed::KERNEL_FILE)
+                .expect("the feed has a kernel"),
+            initrd_sha512: FeedServer::file_sha512("stable", "3975.2.1", dctest::feed::INITRD_FILE)
+                .expect("the feed has an initrd"),
             resolved: "2026-11-26".into(),
         },
     };
@@ -361,6 +368,8 @@ fn json_prints_the_pinned_set_without_network() {
         os_image: PinnedOs {
             channel: "stable".into(),
             version: "3975.2.1".into(),
+            kernel_sha512: format!("sha512:{}", "d".repeat(128)),
+            initrd_sha512: format!("sha512:{}", "e".repeat(128)),
             resolved: "2026-11-25".into(),
         },
     };
@@ -586,6 +595,8 @@ fn secrets_never_appear_in_the_output() {
         &github.base_url(),
         "--os-feed",
         &feed.feed_url(),
+        "--os-image-base",
+        &feed.file_base_template(),
     ]);
     let env = [
         ("NECO_REGISTRY_USERNAME", "robot"),

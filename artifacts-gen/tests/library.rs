@@ -47,6 +47,7 @@ fn registry_endpoints(registry_base: &str) -> Endpoints {
         registries: BTreeMap::from([("ghcr.io".to_owned(), url(registry_base))]),
         github_api: None,
         os_feed: None,
+        os_image_base: None,
     }
 }
 
@@ -617,6 +618,7 @@ async fn feed_skips_current_and_picks_the_highest_version() {
         http(4, 3),
         Endpoints {
             os_feed: Some(Url::parse(&feed.feed_url()).expect("feed URL")),
+            os_image_base: Some(feed.file_base_template()),
             ..Endpoints::upstream()
         },
     );
@@ -625,6 +627,35 @@ async fn feed_skips_current_and_picks_the_highest_version() {
         .await
         .expect("the OS resolves through the override");
     assert_eq!(got.pin.version, "3975.2.10");
+    // The checksums come from the chosen release's `.DIGESTS`.
+    assert_eq!(
+        Some(got.pin.kernel_sha512),
+        FeedServer::file_sha512("stable", "3975.2.10", dctest::feed::KERNEL_FILE)
+    );
+    assert_eq!(
+        Some(got.pin.initrd_sha512),
+        FeedServer::file_sha512("stable", "3975.2.10", dctest::feed::INITRD_FILE)
+    );
+
+    // Files nobody serves: the error names the checksum file's URL.
+    let r = resolver(
+        http(4, 1),
+        Endpoints {
+            os_image_base: Some("http://127.0.0.1:9/{channel}/".to_owned()),
+            ..Endpoints::upstream()
+        },
+    );
+    let e = r
+        .os_image(&m.os_image, os_rules)
+        .await
+        .expect_err("no checksums")
+        .to_string();
+    assert!(
+        e.contains(
+            "http://127.0.0.1:9/stable/amd64-usr/3975.2.10/flatcar_production_pxe.vmlinuz.DIGESTS"
+        ),
+        "{e}"
+    );
 }
 
 /// Ten images behind a slow registry, resolved with at most `limit` requests in flight.

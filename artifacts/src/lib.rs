@@ -20,12 +20,13 @@ mod validate;
 pub mod version;
 
 pub use model::{
-    ArtifactSet, AssetName, ContainerImage, Date, DebianPackage, Digest, GitHubRepo, ImageTag,
-    Name, OsImage, OsVersion, ReleaseTag, Repository,
+    ArtifactSet, AssetName, ContainerImage, Date, DebianPackage, Digest, FileDigest, GitHubRepo,
+    ImageTag, Name, OsImage, OsVersion, ReleaseTag, Repository,
 };
 pub use validate::{
-    check_asset_name, check_date, check_digest, check_github_repo, check_image_tag, check_name,
-    check_os_version, check_release_tag, check_repository, InvalidValue,
+    check_asset_name, check_date, check_digest, check_file_digest, check_github_repo,
+    check_image_tag, check_name, check_os_version, check_release_tag, check_repository,
+    InvalidValue,
 };
 
 #[cfg(all(feature = "data", not(feature = "release")))]

@@ -1,8 +1,9 @@
 //! The artifact model: what a pinned component is.
 
 use crate::validate::{
-    check_asset_name, check_date, check_digest, check_github_repo, check_image_tag, check_name,
-    check_os_version, check_release_tag, check_repository, InvalidValue,
+    check_asset_name, check_date, check_digest, check_file_digest, check_github_repo,
+    check_image_tag, check_name, check_os_version, check_release_tag, check_repository,
+    InvalidValue,
 };
 use std::fmt;
 
@@ -58,6 +59,10 @@ checked_str!(
 checked_str!(
     /// A content digest `sha256:<64 hex>`.
     Digest, check_digest
+);
+checked_str!(
+    /// The checksum of an OS image file, `sha512:<128 hex>`, as the OS feed publishes it.
+    FileDigest, check_file_digest
 );
 checked_str!(
     /// A GitHub repository `owner/name`.
@@ -133,12 +138,37 @@ impl DebianPackage {
     }
 }
 
-/// The OS image served to machines by sabakan.
+/// The OS image served to machines by sabakan: a PXE kernel and initrd, each pinned by the
+/// checksum the feed published for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OsImage {
     pub channel: Name,
     pub version: OsVersion,
+    /// The checksum of [`OsImage::KERNEL_FILE`].
+    pub kernel_sha512: FileDigest,
+    /// The checksum of [`OsImage::INITRD_FILE`].
+    pub initrd_sha512: FileDigest,
     pub resolved: Date,
+}
+
+impl OsImage {
+    /// The file name of the PXE kernel in a release's directory.
+    pub const KERNEL_FILE: &'static str = "flatcar_production_pxe.vmlinuz";
+    /// The file name of the PXE initrd in a release's directory.
+    pub const INITRD_FILE: &'static str = "flatcar_production_pxe_image.cpio.gz";
+    /// Where a file of a release is, relative to the feed's file base URL (the one with the
+    /// channel filled in), e.g. `amd64-usr/4152.2.1/flatcar_production_pxe.vmlinuz`.
+    pub fn file_path(version: &str, file: &str) -> String {
+        format!("amd64-usr/{version}/{file}")
+    }
+
+    /// The kernel and the initrd, with their checksums.
+    pub fn files(&self) -> [(&'static str, FileDigest); 2] {
+        [
+            (Self::KERNEL_FILE, self.kernel_sha512),
+            (Self::INITRD_FILE, self.initrd_sha512),
+        ]
+    }
 }
 
 /// Everything one neco release pins.

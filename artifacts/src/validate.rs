@@ -16,6 +16,8 @@ pub enum InvalidValue {
     TagBadPrerelease,
     DigestNotSha256,
     DigestBadHex,
+    FileDigestNotSha512,
+    FileDigestBadHex,
     NameBadChar,
     RepositoryBad,
     GitHubRepoBad,
@@ -46,6 +48,11 @@ impl InvalidValue {
             Self::DigestNotSha256 => "invalid digest: it must start with `sha256:`",
             Self::DigestBadHex => {
                 "invalid digest: `sha256:` must be followed by exactly 64 lowercase hex digits"
+            }
+            Self::FileDigestNotSha512 => "invalid file digest: it must start with `sha512:`",
+            Self::FileDigestBadHex => {
+                "invalid file digest: `sha512:` must be followed by exactly 128 lowercase hex \
+                 digits"
             }
             Self::NameBadChar => {
                 "invalid name: use lowercase ASCII letters, digits and inner `-` (at most 63)"
@@ -169,25 +176,53 @@ pub const fn check_image_tag(tag: &str) -> Result<(), InvalidValue> {
 
 /// `sha256:` followed by 64 lowercase hex digits.
 pub const fn check_digest(digest: &str) -> Result<(), InvalidValue> {
-    let bytes = digest.as_bytes();
-    let prefix = b"sha256:";
+    check_prefixed_hex(
+        digest,
+        b"sha256:",
+        64,
+        InvalidValue::DigestNotSha256,
+        InvalidValue::DigestBadHex,
+    )
+}
+
+/// `sha512:` followed by 128 lowercase hex digits: the checksum of an OS image file, as its
+/// feed publishes it (Flatcar's `.DIGESTS` files carry MD5, SHA-1 and SHA-512).
+pub const fn check_file_digest(digest: &str) -> Result<(), InvalidValue> {
+    check_prefixed_hex(
+        digest,
+        b"sha512:",
+        128,
+        InvalidValue::FileDigestNotSha512,
+        InvalidValue::FileDigestBadHex,
+    )
+}
+
+/// `prefix` followed by exactly `digits` lowercase hex digits.
+const fn check_prefixed_hex(
+    value: &str,
+    prefix: &[u8],
+    digits: usize,
+    bad_prefix: InvalidValue,
+    bad_hex: InvalidValue,
+) -> Result<(), InvalidValue> {
+    let bytes = value.as_bytes();
     if bytes.len() < prefix.len() {
-        return Err(InvalidValue::DigestNotSha256);
+        return Err(bad_prefix);
     }
     let mut i = 0;
     while i < prefix.len() {
         if bytes[i] != prefix[i] {
-            return Err(InvalidValue::DigestNotSha256);
+            return Err(bad_prefix);
         }
         i += 1;
     }
-    if bytes.len() != prefix.len() + 64 {
-        return Err(InvalidValue::DigestBadHex);
+    if bytes.len() != prefix.len() + digits {
+        return Err(bad_hex);
     }
     while i < bytes.len() {
         let b = bytes[i];
         if !(is_digit(b) || (b >= b'a' && b <= b'f')) {
-            return Err(InvalidValue::DigestBadHex);
+            return Err(bad_hex);
         }
         i += 1;
     }
@@ -399,6 +434,16 @@ mod tests {
         assert_eq!(check_digest("sha256:abc"), Err(InvalidValue::DigestBadHex));
         let upper = format!("sha256:{}", "AB".repeat(32));
         assert_eq!(check_digest(&upper), Err(InvalidValue::DigestBadHex));
+        let good = format!("sha512:{}", "cd".repeat(64));
+        assert_eq!(check_file_digest(&good), Ok(()));
+        assert_eq!(
+            check_file_digest(&format!("sha256:{}", "ab".repeat(32))),
+            Err(InvalidValue::FileDigestNotSha512)
+        );
+        assert_eq!(
+            check_file_digest(&format!("sha512:{}", "ab".repeat(32))),
+            Err(InvalidValue::FileDigestBadHex)
+        );
     }
 
     #[test]

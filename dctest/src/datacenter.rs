@@ -636,7 +636,7 @@ impl DataCenter {
                 "os-image",
                 table(vec![(
                     "base-url",
-                    text(format!("{}/{{channel}}/", self.mirror.feed.base_url())),
+                    text(self.mirror.feed.file_base_template()),
                 )]),
             ),
         ]);

@@ -1,6 +1,8 @@
 //! An OS release feed like Flatcar's: `GET /releases-json/releases-<channel>.json` answers a
 //! JSON object keyed by version (plus `current`), and the kernel and initrd of each version are
-//! served under `/<channel>/amd64-usr/<version>/` with small deterministic bytes.
+//! served under `/<channel>/amd64-usr/<version>/` with small deterministic bytes, each with its
+//! `<file>.DIGESTS` beside it (a `# SHA512 HASH` section, as Flatcar's; Flatcar's also carry MD5
+//! and SHA-1 sections). [`FeedServer::tamper`] makes a file's bytes differ from its DIGESTS.
 
 use std::cmp::Ordering;
 use std::sync::{Arc, Mutex};
@@ -10,6 +12,7 @@ use axum::http::{header, Method, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use serde_json::json;
+use sha2::{Digest as _, Sha512};
 
 use crate::http_server::{bind_loopback, bound_address, respond, ServerThread};
 use crate::util::lock;
@@ -33,6 +36,8 @@ struct Shared {
     base_url: String,
     channel: String,
     versions: Mutex<Vec<String>>,
+    /// `(version, file)` served with bytes that do not match their DIGESTS.
+    tampered: Mutex<Vec<(String, String)>>,
 }
 
 impl FeedServer {
@@ -57,6 +62,7 @@ impl FeedServer {
             base_url: format!("http://{addr}"),
             channel: channel.to_owned(),
             versions: Mutex::new(versions.iter().map(|v| (*v).to_owned()).collect()),
+            tampered: Mutex::new(Vec::new()),
         });
         let router = Router::new()
             .fallback(handle)
@@ -84,6 +90,12 @@ impl FeedServer {
             "{}/releases-json/releases-{}.json",
             self.shared.base_url, self.shared.channel
         )
+    }
+
+    /// The base URL of the release files with a `{channel}` placeholder, as neco-worker's
+    /// `[os-image] base-url` and `artifacts-gen --os-image-base` take it.
+    pub fn file_base_template(&self) -> String {
+        format!("{}/{{channel}}/", self.shared.base_url)
     }
 
     /// URL of the kernel of `version`.
@@ -117,6 +129,19 @@ impl FeedServer {
         lock(&self.shared.versions).clone()
     }
 
+    /// From now on, serves `file` (e.g. [`KERNEL_FILE`]) of `version` with other bytes than
+    /// those its `.DIGESTS` names: a corrupted download or a tampered mirror.
+    pub fn tamper(&self, version: &str, file: &str) {
+        lock(&self.shared.tampered).push((version.to_owned(), file.to_owned()));
+    }
+
+    /// `sha512:<hex>` of the true bytes of `file` of `version` in `channel`, as its `.DIGESTS`
+    /// gives it.
+    pub fn file_sha512(channel: &str, version: &str, file: &str) -> Option<String> {
+        let bytes = true_bytes(channel, version, file)?;
+        Some(format!("sha512:{}", hex::encode(Sha512::digest(bytes))))
+    }
+
     /// The bytes served as the kernel of `version` in `channel`.
     pub fn kernel_bytes(channel: &str, version: &str) -> Vec<u8> {
         file_bytes("kernel", channel, version)
@@ -125,6 +150,15 @@ impl FeedServer {
     /// The bytes served as the initrd of `version` in `channel`.
     pub fn initrd_bytes(channel: &str, version: &str) -> Vec<u8> {
         file_bytes("initrd", channel, version)
+    }
+}
+
+/// The bytes of a release file, before any tampering; `None` for a file the feed lacks.
+fn true_bytes(channel: &str, version: &str, file: &str) -> Option<Vec<u8>> {
+    match file {
+        KERNEL_FILE => Some(FeedServer::kernel_bytes(channel, version)),
+        INITRD_FILE => Some(FeedServer::initrd_bytes(channel, version)),
+        _ => None,
     }
 }
 
@@ -227,12 +261,22 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         let known =
             *channel == shared.channel && lock(&shared.versions).iter().any(|v| v == version);
         if known {
-            let bytes = match *file {
-                KERNEL_FILE => Some(FeedServer::kernel_bytes(channel, version)),
-                INITRD_FILE => Some(FeedServer::initrd_bytes(channel, version)),
-                _ => None,
-            };
-            if let Some(bytes) = bytes {
+            if let Some(name) = file.strip_suffix(".DIGESTS") {
+                if let Some(sha512) = FeedServer::file_sha512(channel, version, name) {
+                    let hex = sha512.trim_start_matches("sha512:");
+                    return respond(
+                        StatusCode::OK,
+                        vec![(header::CONTENT_TYPE, "text/plain".to_owned())],
+                        format!("# SHA512 HASH\n{hex}  {name}\n"),
+                    );
+                }
+            } else if let Some(mut bytes) = true_bytes(channel, version, file) {
+                let tampered = lock(&shared.tampered)
+                    .iter()
+                    .any(|(v, f)| v == version && f == file);
+                if tampered {
+                    bytes.extend_from_slice(b"tampered\n");
+                }
                 return respond(
                     StatusCode::OK,
                     vec![(header::CONTENT_TYPE, "application/octet-stream".to_owned())],

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::time::Duration;
+use sha2::Digest as _;
 
 use dctest::github::RequestRecord;
 use dctest::{
@@ -944,6 +945,26 @@ fn feed_serves_json_and_files() {
     let initrd = get(&feed.initrd_url("3815.2.5"), &[]);
     assert_eq!(initrd.body, FeedServer::initrd_bytes("stable", "3815.2.5"));
     assert_eq!(get(&feed.kernel_url("1.0.0"), &[]).status, 404);
+    // Each file's checksums beside it, Flatcar's way; a tampered file no longer matches.
+    let digests = get(&format!("{}.DIGESTS", feed.kernel_url("3815.2.5")), &[]);
+    assert_eq!(digests.status, 200);
+    let sha512 = hex::encode(sha2::Sha512::digest(&kernel.body));
+    assert_eq!(
+        String::from_utf8_lossy(&digests.body),
+        format!("# SHA512 HASH\n{sha512}  flatcar_production_pxe.vmlinuz\n")
+    );
+    assert_eq!(
+        FeedServer::file_sha512("stable", "3815.2.5", dctest::feed::KERNEL_FILE),
+        Some(format!("sha512:{sha512}"))
+    );
+    feed.tamper("3815.2.5", dctest::feed::KERNEL_FILE);
+    let tampered = get(&feed.kernel_url("3815.2.5"), &[]);
+    assert_ne!(hex::encode(sha2::Sha512::digest(&tampered.body)), sha512);
+    assert_eq!(
+        get(&format!("{}.DIGESTS", feed.kernel_url("3815.2.5")), &[]).body,
+        digests.body
+    );
+    assert_eq!(get(&feed.initrd_url("3815.2.5"), &[]).body, initrd.body);
     assert_eq!(
         get(
             &format!("{}/releases-json/releases-beta.json", feed.base_url()),

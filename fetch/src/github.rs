@@ -454,11 +454,11 @@ impl<'a> GitHub<'a> {
             });
         }
         if let Some(expected) = &asset.digest {
-            if &got.sha256 != expected {
+            if &got.digest != expected {
                 return Err(GitHubError::DigestMismatch {
                     url: url.to_string(),
                     expected: expected.clone(),
-                    got: got.sha256.clone(),
+                    got: got.digest.clone(),
                 });
             }
         }

@@ -44,7 +44,7 @@ enum DownloadBody {
     File {
         file: tempfile::NamedTempFile,
         len: u64,
-        sha256: String,
+        digest: String,
     },
     /// A status that is not a success, with its (short) body.
     Failed(Bytes),
@@ -59,8 +59,46 @@ pub struct Downloaded {
     /// Removed when dropped; `persist` it once checked.
     pub file: tempfile::NamedTempFile,
     pub len: u64,
-    /// `sha256:<hex>` of the bytes.
-    pub sha256: String,
+    /// `<algorithm>:<hex>` of the bytes: `sha256:…` from [`Http::download`], the chosen
+    /// algorithm's from [`Http::download_hashed`].
+    pub digest: String,
+}
+
+/// The hash [`Http::download_hashed`] computes while it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    /// `sha256:<hex>`: OCI blobs, GitHub assets.
+    Sha256,
+    /// `sha512:<hex>`: OS image files (what Flatcar's `.DIGESTS` files carry).
+    Sha512,
+}
+
+enum Hasher {
+    Sha256(Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl Hasher {
+    fn new(checksum: Checksum) -> Self {
+        match checksum {
+            Checksum::Sha256 => Self::Sha256(Sha256::new()),
+            Checksum::Sha512 => Self::Sha512(sha2::Sha512::new()),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Sha256(h) => h.update(bytes),
+            Self::Sha512(h) => h.update(bytes),
+        }
+    }
+
+    fn finish(self) -> String {
+        match self {
+            Self::Sha256(h) => format!("sha256:{}", hex::encode(h.finalize())),
+            Self::Sha512(h) => format!("sha512:{}", hex::encode(h.finalize())),
+        }
+    }
 }
 
 /// A response read in full.
@@ -364,9 +402,21 @@ impl Http {
     /// [`HttpError::Status`].
     pub async fn download(
         &self,
+        request: Request,
+        dir: &std::path::Path,
+        idle: Duration,
+    ) -> Result<Downloaded, HttpError> {
+        self.download_hashed(request, dir, idle, Checksum::Sha256)
+            .await
+    }
+
+    /// [`Http::download`], hashing with `checksum`.
+    pub async fn download_hashed(
+        &self,
         mut request: Request,
         dir: &std::path::Path,
         idle: Duration,
+        checksum: Checksum,
     ) -> Result<Downloaded, HttpError> {
         // The client's whole-request timeout is for API calls, not for hundreds of MB.
         *request.timeout_mut() = Some(DOWNLOAD_LIMIT);
@@ -380,7 +430,7 @@ impl Http {
                 let file = tempfile::NamedTempFile::new_in(dir).map_err(BodyError::Io)?;
                 let (std_file, path) = file.into_parts();
                 let mut out = tokio::fs::File::from_std(std_file);
-                let mut hasher = Sha256::new();
+                let mut hasher = Hasher::new(checksum);
                 let mut len = 0u64;
                 loop {
                     let chunk = match tokio::time::timeout(idle, resp.chunk()).await {
@@ -398,17 +448,17 @@ impl Http {
                 Ok(DownloadBody::File {
                     file: tempfile::NamedTempFile::from_parts(std_file, path),
                     len,
-                    sha256: format!("sha256:{}", hex::encode(hasher.finalize())),
+                    digest: hasher.finish(),
                 })
             })
             .await?;
         match body {
-            DownloadBody::File { file, len, sha256 } => Ok(Downloaded {
+            DownloadBody::File { file, len, digest } => Ok(Downloaded {
                 url: head.url,
                 headers: head.headers,
                 file,
                 len,
-                sha256,
+                digest,
             }),
             DownloadBody::Failed(body) => Err(status_error(
                 &method,

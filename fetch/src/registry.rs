@@ -327,11 +327,11 @@ impl<'a> RepoClient<'a> {
                 },
                 other => other,
             })?;
-        if got.sha256 != digest {
+        if got.digest != digest {
             return Err(RegistryError::DigestMismatch {
                 url: url.to_string(),
                 expected: digest.to_owned(),
-                got: got.sha256,
+                got: got.digest,
                 what: "the blob's digest",
             });
         }

@@ -198,7 +198,7 @@ async fn downloads_stream_to_disk_with_flat_memory_and_only_an_idle_timeout() {
     );
     let downloaded_peak = peak_rss();
     assert_eq!(got.len, 500 * 1024 * 1024);
-    assert_eq!(got.sha256, expected_sha256(&big));
+    assert_eq!(got.digest, expected_sha256(&big));
     assert_eq!(
         std::fs::metadata(got.file.path()).unwrap().len(),
         500 * 1024 * 1024
@@ -261,7 +261,7 @@ async fn downloads_stream_to_disk_with_flat_memory_and_only_an_idle_timeout() {
         .await
         .unwrap();
     assert!(started.elapsed() > Duration::from_secs(1));
-    assert_eq!(got.sha256, expected_sha256(&slow));
+    assert_eq!(got.digest, expected_sha256(&slow));
 
     // Stalled: the attempt ends after the idle timeout, naming it; no file is left.
     let stalled = Plan {

@@ -281,7 +281,7 @@ async fn blobs_stream_into_a_file_with_the_same_checks() {
     let mut client = RepoClient::new(&http, api(&registry.base_url()), "cybozu/etcd", None);
     let layer = &pushed.layer_digests[0];
     let got = client.get_blob_to(layer, dir.path(), idle).await.unwrap();
-    assert_eq!(&got.sha256, layer);
+    assert_eq!(&got.digest, layer);
     assert_eq!(
         std::fs::read(got.file.path()).unwrap(),
         client.get_blob(layer).await.unwrap()

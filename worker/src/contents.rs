@@ -1,7 +1,7 @@
 //! Sabakan contents: the pinned OS image and assets uploaded to sabakan by one worker at a
 //! time (reference/neco-cd.md §8.5, contents protocol).
 
-use fetch::http::{require_success, Http, HttpError, DOWNLOAD_IDLE};
+use fetch::http::{require_success, Checksum, Http, HttpError, DOWNLOAD_IDLE};
 use neco::lease::Leadership;
 use neco::storage::{keys, Storage, StorageError};
 use neco::types::{ContentsStatus, Lrn};
@@ -186,13 +186,21 @@ pub struct Asset {
     pub path: PathBuf,
 }
 
+/// A file of the OS image: where it is downloaded from and the checksum it must have.
+#[derive(Debug, Clone)]
+pub struct OsFile {
+    pub url: Url,
+    /// `sha512:<hex>`, as pinned from the feed's `.DIGESTS`.
+    pub sha512: String,
+}
+
 /// What to upload.
 #[derive(Debug, Clone)]
 pub struct Contents {
-    /// The OS image id (its version) and where its kernel and initrd are downloaded from.
+    /// The OS image id (its version) and its kernel and initrd.
     pub os_version: String,
-    pub kernel_url: Url,
-    pub initrd_url: Url,
+    pub kernel: OsFile,
+    pub initrd: OsFile,
     pub assets: Vec<Asset>,
     /// Where the OS image's files are downloaded to, and its archive built.
     pub work_dir: PathBuf,
@@ -237,16 +245,26 @@ pub async fn upload_missing(
         tokio::fs::create_dir_all(work_dir)
             .await
             .map_err(|e| failed(format!("{}: {e}", work_dir.display())))?;
-        let download = |url: Url| async move {
+        // Verified before anything is uploaded: sabakan netboots every machine with them.
+        let download = |file: OsFile| async move {
             let request = http
                 .client()
-                .get(url.clone())
+                .get(file.url.clone())
                 .build()
-                .map_err(|e| failed(format!("{url}: {e}")))?;
-            Ok::<_, ContentsError>(http.download(request, work_dir, DOWNLOAD_IDLE).await?)
+                .map_err(|e| failed(format!("{}: {e}", file.url)))?;
+            let got = http
+                .download_hashed(request, work_dir, DOWNLOAD_IDLE, Checksum::Sha512)
+                .await?;
+            if got.digest != file.sha512 {
+                return Err(failed(format!(
+                    "{}: the download has checksum {}, but {} is pinned; nothing was uploaded",
+                    got.url, got.digest, file.sha512
+                )));
+            }
+            Ok::<_, ContentsError>(got)
         };
-        let kernel = download(contents.kernel_url.clone()).await?;
-        let initrd = download(contents.initrd_url.clone()).await?;
+        let kernel = download(contents.kernel.clone()).await?;
+        let initrd = download(contents.initrd.clone()).await?;
         let dir = work_dir.to_owned();
         let archive = tokio::task::spawn_blocking(move || {
             image_archive(kernel.file.path(), initrd.file.path(), &dir)

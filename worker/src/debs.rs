@@ -266,7 +266,7 @@ pub async fn install_pinned(
     )
     .await?;
     let downloaded = download_to_cache(root, github, package, &asset).await?;
-    verify(package, wanted, &downloaded.sha256, deb.sha256.as_str())?;
+    verify(package, wanted, &downloaded.digest, deb.sha256.as_str())?;
     let path = cache(root, package, wanted, downloaded)?;
     neco::dpkg::install_async(root, &path)
         .await
@@ -294,7 +294,7 @@ pub async fn install_neco(
     .await?;
     let expected = published_sha256(github, "neco", &tag, &asset, &all).await?;
     let downloaded = download_to_cache(root, github, "neco", &asset).await?;
-    verify("neco", &asset.name, &downloaded.sha256, &expected)?;
+    verify("neco", &asset.name, &downloaded.digest, &expected)?;
     let path = cache(root, "neco", &asset.name, downloaded)?;
     neco::dpkg::install_self_update(root, &path)
         .await

@@ -1,7 +1,7 @@
 //! The step table of an update. Every step is idempotent and records what it installed under
 //! `install/<LRN>/…`, so a step that already holds the pinned version does nothing.
 
-use crate::contents::{self, Asset, Contents, Sabakan};
+use crate::contents::{self, Asset, Contents, OsFile, Sabakan};
 use crate::debs;
 use crate::images;
 use crate::online::Online;
@@ -243,10 +243,16 @@ impl StepContext<'_> {
             .sources
             .os_image_base
             .replace("{channel}", os.channel.as_str());
-        let url = |file: &str| {
-            reqwest::Url::parse(&format!("{base}amd64-usr/{}/{file}", os.version))
-                .map_err(|e| Self::fail(step, format!("OS image URL: {e}")))
+        let file = |(name, sha512): (&str, artifacts::FileDigest)| {
+            let path = artifacts::OsImage::file_path(os.version.as_str(), name);
+            let url = reqwest::Url::parse(&format!("{base}{path}"))
+                .map_err(|e| Self::fail(step, format!("OS image URL {base}{path}: {e}")))?;
+            Ok::<_, StepError>(OsFile {
+                url,
+                sha512: sha512.as_str().to_owned(),
+            })
         };
+        let [kernel, initrd] = os.files();
         let assets = artifacts::ARTIFACTS
             .debs
             .iter()
@@ -259,8 +265,8 @@ impl StepContext<'_> {
             .collect();
         let contents = Contents {
             os_version: os.version.as_str().to_owned(),
-            kernel_url: url("flatcar_production_pxe.vmlinuz")?,
-            initrd_url: url("flatcar_production_pxe_image.cpio.gz")?,
+            kernel: file(kernel)?,
+            initrd: file(initrd)?,
             assets,
             work_dir: self.root.join(contents::WORK_DIR),
         };

@@ -702,6 +702,57 @@ async fn step4_records_a_refused_upload_so_the_others_do_not_repeat_it() {
     );
 }
 
+/// A kernel whose bytes are not those the pinned sha512 names (from the feed's `.DIGESTS`)
+/// aborts the step, naming the file; sabakan is given nothing, and the failure is recorded.
+#[tokio::test]
+async fn step4_refuses_an_os_image_file_that_does_not_match_its_pinned_checksum() {
+    let etcd = EtcdCluster::single().expect("start etcd");
+    let os = &artifacts::OS_IMAGE;
+    let feed = FeedServer::start(os.channel.as_str(), &[os.version.as_str()]).unwrap();
+    // The pins were generated from these very bytes.
+    assert_eq!(
+        FeedServer::file_sha512(
+            os.channel.as_str(),
+            os.version.as_str(),
+            dctest::feed::KERNEL_FILE
+        )
+        .as_deref(),
+        Some(os.kernel_sha512.as_str())
+    );
+    feed.tamper(os.version.as_str(), dctest::feed::KERNEL_FILE);
+    let sabakan = SabakanStandIn::start().unwrap();
+    let env = Env::new(
+        connect(&etcd).await,
+        &dead_url(),
+        sources(&dead_url(), &sabakan.base_url(), &feed.base_url()),
+    );
+    let server = Server::new(0);
+    let e = env
+        .ctx(&server)
+        .run(Step::SabakanContents, V)
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.contains(&feed.kernel_url(os.version.as_str())),
+        "{e}"
+    );
+    assert!(e.message.contains(os.kernel_sha512.as_str()), "{e}");
+    assert!(e.message.contains("checksum"), "{e}");
+    assert!(
+        sabakan.requests().iter().all(|r| r.method == "GET"),
+        "{:#?}",
+        sabakan.requests()
+    );
+    assert!(sabakan.images().is_empty());
+    assert_eq!(
+        env.storage.contents_status("sabakan").await.unwrap(),
+        recorded(false)
+    );
+    // Nothing of the download is left.
+    let work = server.path().join(worker::contents::WORK_DIR);
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+}
+
 #[tokio::test]
 async fn step4_three_workers_upload_the_contents_exactly_once() {
     let etcd = EtcdCluster::single().expect("start etcd");

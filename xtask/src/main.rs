@@ -177,9 +177,13 @@ struct NightlyArgs {
     /// URL of the OS release feed for artifacts-gen.
     #[arg(long, value_name = "URL", env = "ARTIFACTS_GEN_OS_FEED")]
     os_feed: Option<String>,
+    /// Base URL of the OS image's files and their .DIGESTS for artifacts-gen, with
+    /// `{channel}`.
+    #[arg(long, value_name = "URL", env = "ARTIFACTS_GEN_OS_IMAGE_BASE")]
+    os_image_base: Option<String>,
     /// Resolve against the local mirror (as `codegen --mirror`) instead of upstream. For
     /// machines without access to ghcr.io, GitHub and flatcar.org.
-    #[arg(long, conflicts_with_all = ["registries", "github_api", "os_feed"])]
+    #[arg(long, conflicts_with_all = ["registries", "github_api", "os_feed", "os_image_base"])]
     mirror: bool,
     /// The package of the release running now, which the upgrade suite starts from [default:
     /// the newest release-… of --repository on GitHub; with --mirror, or when there is none,
@@ -629,6 +633,9 @@ fn nightly(root: &Path, args: NightlyArgs) -> anyhow::Result<()> {
     if let Some(url) = args.os_feed {
         artifacts_gen_args.extend(["--os-feed".to_owned(), url]);
     }
+    if let Some(url) = args.os_image_base {
+        artifacts_gen_args.extend(["--os-image-base".to_owned(), url]);
+    }
     let options = nightly::Options {
         repo: root.to_path_buf(),
         remote: args.remote,
@@ -914,6 +921,8 @@ fn start_mirror() -> anyhow::Result<(dctest::mirror::Mirror, Vec<String>)> {
         m.github.base_url(),
         "--os-feed".to_owned(),
         m.feed.feed_url(),
+        "--os-image-base".to_owned(),
+        m.feed.file_base_template(),
     ]);
     Ok((m, args))
 }

@@ -45,7 +45,7 @@ pub struct Options {
     /// The day of the version (UTC), computed once by the caller.
     pub today: time::Date,
     /// Endpoint overrides for artifacts-gen (`--registry HOST=URL`, `--github-api URL`,
-    /// `--os-feed URL`), passed as its arguments.
+    /// `--os-feed URL`, `--os-image-base URL`), passed as its arguments.
     pub artifacts_gen_args: Vec<String>,
 }
 

@@ -31,9 +31,13 @@ pub fn deb(name: &str, github: &str, asset: &str, extra: &[&str]) -> String {
     text
 }
 
-/// The `[os_image]` table.
+/// The `[os_image]` table; the files' base URL is the one a [`dctest::FeedServer`] serving
+/// `feed` has (`<origin>/{channel}/`).
 pub fn os(channel: &str, feed: &str) -> String {
-    format!("[os_image]\nchannel = \"{channel}\"\nfeed = \"{feed}\"\n")
+    let origin = feed.split("/releases-json/").next().unwrap_or(feed);
+    format!(
+        "[os_image]\nchannel = \"{channel}\"\nfeed = \"{feed}\"\nbase_url = \"{origin}/{{channel}}/\"\n"
+    )
 }
 
 /// A feed URL nobody serves: the tests pass `--os-feed` (or `Endpoints::os_feed`) instead.

@@ -14,7 +14,7 @@ pub mod images {
             "sha256:2fc4734c5d41670ab93cd021c48cec6e56e329464d1b72b7e765c693fb303659",
         ),
         private: false,
-        resolved: Date::new("2026-12-02"),
+        resolved: Date::new("2026-12-03"),
     };
     /// `ghcr.io/cybozu/bird:2.15.1.1`
     pub const BIRD: ContainerImage = ContainerImage {
@@ -25,7 +25,7 @@ pub mod images {
             "sha256:d26c7d6927c0343737c97eb82b9ab501cb2a284e963c92eb918759917d90461e",
         ),
         private: false,
-        resolved: Date::new("2026-12-02"),
+        resolved: Date::new("2026-12-03"),
     };
     /// `ghcr.io/cybozu/chrony:4.6.1.1`
     pub const CHRONY: ContainerImage = ContainerImage {
@@ -36,7 +36,7 @@ pub mod images {
             "sha256:8e5e9ce8e4822e19fac6970e70591b40fe1857637b632eeec86845a24d861025",
         ),
         private: false,
-        resolved: Date::new("2026-12-02"),
+        resolved: Date::new("2026-12-03"),
     };
     /// `ghcr.io/cybozu/etcd:3.5.15.1`
     pub const ETCD: ContainerImage = ContainerImage {
@@ -47,7 +47,7 @@ pub mod images {
             "sha256:71b75f34b2c51977d0c7db5795937768e8b46350e698d96411688165e60af489",
         ),
         private: false,
-        resolved: Date::new("2026-12-02"),
+        resolved: Date::new("2026-12-03"),
     };
     /// `ghcr.io/cybozu/promtail:3.2.1.2`
     pub const PROMTAIL: ContainerImage = ContainerImage {
@@ -58,7 +58,7 @@ pub mod images {
             "sha256:0126bbb795b57f2015789bbc7ee36084b9ae842e08383c37a26e86e74d255535",
         ),
         private: false,
-        resolved: Date::new("2026-12-02"),
+        resolved: Date::new("2026-12-03"),
     };
     /// `ghcr.io/cybozu-go/sabakan:3.1.4`
     pub const SABAKAN: ContainerImage = ContainerImage {
@@ -69,7 +69,7 @@ pub mod images {
             "sha256:578534f680f5a0fc243b498d94c0d54d729550756c3e8701c006abf529638c3f",
         ),
         private: false,
-        resolved: Date::new("2026-12-02"),
+        resolved: Date::new("2026-12-03"),
     };
     /// `ghcr.io/cybozu/serf:0.10.1.7`
     pub const SERF: ContainerImage = ContainerImage {
@@ -80,7 +80,7 @@ pub mod images {
             "sha256:5d3547a189fa7d0daa430880e16e2607a76109f3cbd43d9128e1083898f233a8",
         ),
         private: false,
-        resolved: Date::new("2026-12-02"),
+        resolved: Date::new("2026-12-03"),
     };
     /// `ghcr.io/cybozu-go/setup-hw:1.20.1`
     pub const SETUP_HW: ContainerImage = ContainerImage {
@@ -91,7 +91,7 @@ pub mod images {
             "sha256:82e3b7169007a0b4a1d0bc489f70948da73caed2260bb419db5a7ce290fd4ba9",
         ),
         private: true,
-        resolved: Date::new("2026-12-02"),
+        resolved: Date::new("2026-12-03"),
     };
     /// `ghcr.io/cybozu/squid:6.12.0.2`
     pub const SQUID: ContainerImage = ContainerImage {
@@ -102,7 +102,7 @@ pub mod images {
             "sha256:31b0e1b391effffba827760d2d63ae1f8929c097444303a38c50e260f2943416",
         ),
         private: false,
-        resolved: Date::new("2026-12-02"),
+        resolved: Date::new("2026-12-03"),
     };
     /// `ghcr.io/cybozu/squid-exporter:1.0.7`
     pub const SQUID_EXPORTER: ContainerImage = ContainerImage {
@@ -113,7 +113,7 @@ pub mod images {
             "sha256:b51facc4538eb0c3629c51e8bdebc3a2061ad1ce08f4f0e179d9e3a5e5b0960f",
         ),
         private: false,
-        resolved: Date::new("2026-12-02"),
+        resolved: Date::new("2026-12-03"),
     };
     /// `ghcr.io/cybozu/vault:1.18.1.1`
     pub const VAULT: ContainerImage = ContainerImage {
@@ -124,7 +124,7 @@ pub mod images {
             "sha256:ba8e41a6ce5d1bad6c810b6e071c6deca20a1218a6b414ce8aa57acfccd0c353",
         ),
         private: false,
-        resolved: Date::new("2026-12-02"),
+        resolved: Date::new("2026-12-03"),
     };
     /// `ghcr.io/cybozu/cilium:1.14.14.1`
     pub const CILIUM: ContainerImage = ContainerImage {
@@ -135,7 +135,7 @@ pub mod images {
             "sha256:e6f9854100d409efb9df9103f2b6ef1c10f9ed5bb31be164674867ab824b47fd",
         ),
         private: false,
-        resolved: Date::new("2026-12-02"),
+        resolved: Date::new("2026-12-03"),
     };
     /// `ghcr.io/cybozu/cilium-operator-generic:1.14.14.2`
     pub const CILIUM_OPERATOR_GENERIC: ContainerImage = ContainerImage {
@@ -146,7 +146,7 @@ pub mod images {
             "sha256:ac754a18e7916c2e3d90472f78710c3d7d003cb0903afa9b4268d3a1bf002180",
         ),
         private: false,
-        resolved: Date::new("2026-12-02"),
+        resolved: Date::new("2026-12-03"),
     };
     /// `ghcr.io/cybozu/hubble-relay:1.14.14.1`
     pub const HUBBLE_RELAY: ContainerImage = ContainerImage {
@@ -157,7 +157,7 @@ pub mod images {
             "sha256:e07ab428fdcc14362c9b2b8083ab9194d1d61b1e32fcec35b87b07366e8d3cef",
         ),
         private: false,
-        resolved: Date::new("2026-12-02"),
+        resolved: Date::new("2026-12-03"),
     };
     /// `ghcr.io/cybozu/cilium-certgen:0.1.14.1`
     pub const CILIUM_CERTGEN: ContainerImage = ContainerImage {
@@ -168,7 +168,7 @@ pub mod images {
             "sha256:4c1c87c4481f9b38b64af35f9fcf21715ecb12f097a17fb6cd012ce4114080dc",
         ),
         private: false,
-        resolved: Date::new("2026-12-02"),
+        resolved: Date::new("2026-12-03"),
     };
 }
 /// Debian packages, in the order of `artifacts.toml`.
@@ -183,14 +183,20 @@ pub mod debs {
         sha256: Digest::new(
             "sha256:abd683ec0fbf01983562a272498f938511f7ede55eb11993ebe9084faadb7ba9",
         ),
-        resolved: Date::new("2026-11-26"),
+        resolved: Date::new("2026-12-03"),
     };
 }
 /// The OS image served by sabakan.
 pub const OS_IMAGE: crate::OsImage = crate::OsImage {
     channel: crate::Name::new("stable"),
     version: crate::OsVersion::new("4152.2.1"),
-    resolved: crate::Date::new("2026-11-26"),
+    kernel_sha512: crate::FileDigest::new(
+        "sha512:0e8f9849b49eb705b6be88430f1a5c3332fe59b5d08ed15bb0efc1ec8e7106ce49b0783ec3dacc8367c595bb6671db0a6a28215c001bcf75cdfe48f3c34682e6",
+    ),
+    initrd_sha512: crate::FileDigest::new(
+        "sha512:233e178c99899d5659216f9c6124768051c95c0c3a56d17405158c74210bada55acb9151215978990997f968e51eeee6a44e8231194880f486e6dc0d7f32ae43",
+    ),
+    resolved: crate::Date::new("2026-12-03"),
 };
 /// Every pinned component.
 pub const ARTIFACTS: crate::ArtifactSet = crate::ArtifactSet {
