@@ -1,8 +1,8 @@
 //! Exercises every fixture for real over loopback HTTP.
 
+use sha2::Digest as _;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use sha2::Digest as _;
 
 use dctest::github::RequestRecord;
 use dctest::{
