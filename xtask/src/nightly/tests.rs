@@ -82,6 +82,8 @@ impl Fixture {
             self.mirror.github.base_url(),
             "--os-feed".to_owned(),
             self.mirror.feed.feed_url(),
+            "--os-image-base".to_owned(),
+            self.mirror.feed.file_base_template(),
         ]);
         Options {
             repo: self.ci.clone(),
