@@ -97,7 +97,8 @@ pub struct Cli {
 
 pub use clikit::LogFormat;
 
-fn parse_registry_override(value: &str) -> Result<(String, Url), String> {
+/// `HOST=URL` (`--registry`): the host and the base URL, with a trailing `/`.
+pub fn parse_registry_override(value: &str) -> Result<(String, Url), String> {
     let (host, url) = value
         .split_once('=')
         .ok_or_else(|| format!("{value:?}: expected HOST=URL"))?;
@@ -163,17 +164,7 @@ impl Cli {
     }
 
     fn resolver(&self) -> anyhow::Result<Resolver> {
-        let credentials = match (
-            env_secret("NECO_REGISTRY_USERNAME"),
-            env_secret("NECO_REGISTRY_PASSWORD"),
-        ) {
-            (Some(user), Some(password)) => Some(Credentials {
-                username: user.expose().to_owned(),
-                password,
-            }),
-            (None, None) => None,
-            _ => bail!("set both NECO_REGISTRY_USERNAME and NECO_REGISTRY_PASSWORD, or neither"),
-        };
+        let credentials = registry_credentials()?;
         Ok(Resolver {
             http: Http::with_options(HttpOptions {
                 per_host: usize::from(self.concurrency),
@@ -184,6 +175,22 @@ impl Cli {
             credentials,
             github_token: env_secret("GITHUB_TOKEN"),
         })
+    }
+}
+
+/// The credentials for private images, from `NECO_REGISTRY_USERNAME` and
+/// `NECO_REGISTRY_PASSWORD` (both or neither).
+pub fn registry_credentials() -> anyhow::Result<Option<Credentials>> {
+    match (
+        env_secret("NECO_REGISTRY_USERNAME"),
+        env_secret("NECO_REGISTRY_PASSWORD"),
+    ) {
+        (Some(user), Some(password)) => Ok(Some(Credentials {
+            username: user.expose().to_owned(),
+            password,
+        })),
+        (None, None) => Ok(None),
+        _ => bail!("set both NECO_REGISTRY_USERNAME and NECO_REGISTRY_PASSWORD, or neither"),
     }
 }
 

@@ -26,6 +26,7 @@ use crate::machine::{layers_dir, sweep_leftovers, BaseImage, BOOT_TIMEOUT};
 use crate::mirror::{Mirror, MirrorSeed};
 use crate::network::Lan;
 use crate::sabakan::SabakanStandIn;
+use crate::store::Store;
 use crate::util::{sha256_digest, tail};
 use crate::webhook::WebhookSink;
 use std::collections::BTreeMap;
@@ -70,6 +71,10 @@ pub struct Options {
     /// mirror's images are made from repository and tag alone, so a tag pushed here has the
     /// digest any other mirror gave it.
     pub images: Vec<(String, String)>,
+    /// A store of a candidate's upstream artifacts ([`crate::store`]) served besides the seed:
+    /// its images pushed into the registry under their pinned repositories and tags, its debs
+    /// as the assets of their releases, its OS files as the feed's files of the pinned version.
+    pub store: Option<PathBuf>,
 }
 
 impl Options {
@@ -80,6 +85,7 @@ impl Options {
             servers: 3,
             session_ttl: DEFAULT_SESSION_TTL,
             images: Vec::new(),
+            store: None,
         }
     }
 }
@@ -156,6 +162,9 @@ impl DataCenter {
             if !mirror.registry.tags(path).unwrap_or_default().contains(tag) {
                 mirror.registry.push_image(path, tag)?;
             }
+        }
+        if let Some(dir) = &options.store {
+            serve_store(&mirror, &Store::new(dir))?;
         }
         let sabakan = SabakanStandIn::start_on(lan.bind("sabakan")?.0)?;
         let webhook = WebhookSink::start_on(lan.bind("webhook")?.0)?;
@@ -700,6 +709,46 @@ fn wait_daemons(server: &BootServer) -> Result<()> {
         daemon.wait_for_start(1, DAEMONS_TIMEOUT)?;
     }
     Ok(())
+}
+
+/// Serves what `store` holds through the mirror: images at their pinned digests, debs as the
+/// assets of their releases, the OS files as the feed's files of the pinned version.
+fn serve_store(mirror: &Mirror, store: &Store) -> Result<()> {
+    let candidate = store.candidate()?;
+    for image in &candidate.images {
+        mirror
+            .registry
+            .push_stored(store, image.path()?, &image.tag, &image.digest)
+            .map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "serving {}:{} from the store {}: {e}",
+                    image.repository,
+                    image.tag,
+                    store.dir().display()
+                ))
+            })?;
+    }
+    for deb in &candidate.debs {
+        let content = store.deb(&deb.sha256)?;
+        mirror.github.add_repo(&deb.github);
+        mirror.github.replace_release(
+            &deb.github,
+            ReleaseSpec::new(&deb.release).asset(AssetSpec::new(&deb.asset, content, true)),
+        );
+    }
+    let os = &candidate.os;
+    if os.channel != mirror.feed.channel() {
+        return Err(Error::InvalidArgument(format!(
+            "the store's OS image is of channel {:?}, the feed serves {:?}",
+            os.channel,
+            mirror.feed.channel()
+        )));
+    }
+    mirror.feed.add_files(
+        &os.version,
+        store.os_file(&os.kernel_sha512)?,
+        store.os_file(&os.initrd_sha512)?,
+    )
 }
 
 /// Finds the neco package under test: `$NECO_DEB`, else the highest version of

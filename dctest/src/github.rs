@@ -259,6 +259,15 @@ impl GitHubStandIn {
         id
     }
 
+    /// Replaces the release of `spec`'s tag (any release with that tag is removed) with
+    /// `spec`; returns the new release's id.
+    pub fn replace_release(&self, owner_repo: &str, spec: ReleaseSpec) -> u64 {
+        if let Some(releases) = lock(&self.shared.data).repos.get_mut(&repo_key(owner_repo)) {
+            releases.retain(|r| r.tag_name != spec.tag_name);
+        }
+        self.add_release(owner_repo, spec)
+    }
+
     /// Adds an asset in state `starter` (an interrupted upload) to a release; returns its id.
     pub fn add_starter_asset(&self, owner_repo: &str, release_id: u64, name: &str) -> Result<u64> {
         let mut data = lock(&self.shared.data);

@@ -13,6 +13,7 @@
 //!   [`pki`], made with `openssl` in the test);
 //! - [`debs`]: reproducible Debian packages built with `dpkg-deb`;
 //! - [`mirror`]: a local mirror of upstream (registry, GitHub, feed) seeded from a TOML file;
+//! - [`store`]: a nightly candidate's upstream artifacts on disk, served by the data center;
 //! - [`machine`] and [`network`]: Debian machines booted with systemd as PID 1 by
 //!   systemd-nspawn, each in its own network namespace on a private network of the test's own;
 //! - [`datacenter`] and [`boot_server`]: the whole virtual data center of the suites (boot
@@ -47,6 +48,7 @@ pub mod registry_standin;
 pub mod sabakan;
 pub mod service_elf;
 pub mod service_image;
+pub mod store;
 mod util;
 pub mod webhook;
 

@@ -17,6 +17,7 @@ use tempfile::TempDir;
 use crate::network::NetNs;
 use crate::process::{free_port, ChildGuard};
 use crate::service_image::{ImageBlobs, ServicePorts};
+use crate::store::{references, Store};
 use crate::util::{lock, sha256_digest};
 use crate::{Error, Result};
 use std::net::SocketAddrV4;
@@ -25,6 +26,8 @@ use std::net::SocketAddrV4;
 pub const DEFAULT_BINARY: &str = "/usr/bin/docker-registry";
 /// Media type of an OCI image manifest.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The media type of an OCI image index.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// Media type of an OCI image config.
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// Media type of an uncompressed OCI layer.
@@ -285,6 +288,118 @@ impl Registry {
         Ok((image, blobs.manifest))
     }
 
+    /// Pushes the image `digest` of `store`'s OCI layout (an image manifest, or an index with
+    /// every manifest it lists) as `repository:tag`: blobs first, manifests before the index
+    /// naming them, every byte unchanged, so the registry serves it at the same digest. Blobs
+    /// the repository has already are not sent again.
+    pub fn push_stored(
+        &self,
+        store: &Store,
+        repository: &str,
+        tag: &str,
+        digest: &str,
+    ) -> Result<()> {
+        validate_repository(repository)?;
+        validate_tag(tag)?;
+        self.push_stored_manifest(store, repository, digest, tag)
+    }
+
+    fn push_stored_manifest(
+        &self,
+        store: &Store,
+        repository: &str,
+        digest: &str,
+        reference: &str,
+    ) -> Result<()> {
+        let bytes = store.blob(digest)?;
+        let refs = references(&bytes);
+        for child in &refs.manifests {
+            self.push_stored_manifest(store, repository, child, child)?;
+        }
+        for blob in &refs.blobs {
+            if !self.has_blob(repository, blob)? {
+                self.upload_blob(repository, &store.blob(blob)?, blob)?;
+            }
+        }
+        let document: serde_json::Value = serde_json::from_slice(&bytes)?;
+        let media_type = match document.get("mediaType").and_then(|m| m.as_str()) {
+            Some(media_type) => media_type.to_owned(),
+            None if !refs.manifests.is_empty() => OCI_INDEX.to_owned(),
+            None => OCI_MANIFEST.to_owned(),
+        };
+        self.put_manifest_as(repository, reference, &bytes, digest, &media_type)
+    }
+
+    /// Pushes an image index as `repository:tag` listing `images` (pushed to `repository`
+    /// before) with their platforms (`linux/<architecture>`); returns its digest.
+    pub fn push_index(
+        &self,
+        repository: &str,
+        tag: &str,
+        images: &[(&PushedImage, &str)],
+    ) -> Result<String> {
+        validate_repository(repository)?;
+        validate_tag(tag)?;
+        let mut manifests = Vec::new();
+        for (image, architecture) in images {
+            let blobs = ImageBlobs::build(&image.repository, &image.tag)?;
+            if blobs.manifest_digest != image.manifest_digest {
+                return Err(Error::InvalidArgument(format!(
+                    "{}:{} is not an image this registry pushes",
+                    image.repository, image.tag
+                )));
+            }
+            manifests.push(serde_json::json!({
+                "mediaType": OCI_MANIFEST,
+                "digest": image.manifest_digest,
+                "size": blobs.manifest.len(),
+                "platform": { "os": "linux", "architecture": architecture },
+            }));
+        }
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": manifests,
+        }))?;
+        let digest = sha256_digest(&index);
+        self.put_manifest_as(repository, tag, &index, &digest, OCI_INDEX)?;
+        Ok(digest)
+    }
+
+    /// The requests the registry answered (`METHOD /path`), from its access log, oldest
+    /// first.
+    pub fn requests(&self) -> Result<Vec<String>> {
+        let log = std::fs::read_to_string(&self.log_path)
+            .map_err(Error::io(format!("reading {}", self.log_path.display())))?;
+        Ok(log
+            .lines()
+            .filter_map(|line| {
+                let start = line.find("\"")? + 1;
+                let request = &line[start..];
+                let (method, rest) = request.split_once(' ')?;
+                let (path, _) = rest.split_once(' ')?;
+                matches!(method, "GET" | "HEAD" | "PUT" | "POST" | "PATCH" | "DELETE")
+                    .then(|| format!("{method} {path}"))
+                    .filter(|_| path.starts_with("/v2/"))
+            })
+            .collect())
+    }
+
+    /// Whether `repository` has the blob `digest`.
+    fn has_blob(&self, repository: &str, digest: &str) -> Result<bool> {
+        let url = format!("{}/v2/{repository}/blobs/{digest}", self.base_url());
+        let response = send("HEAD", &url, self.agent.head(&url), None)?;
+        match response.status() {
+            200 => Ok(true),
+            404 => Ok(false),
+            status => Err(Error::UnexpectedResponse {
+                method: "HEAD".to_owned(),
+                url,
+                message: format!("HTTP {status}"),
+            }),
+        }
+    }
+
     /// Puts `manifest` (whose bytes hash to `manifest_digest`) as `repository:tag` and checks
     /// the digest the registry answers.
     fn put_manifest(
@@ -294,11 +409,23 @@ impl Registry {
         manifest: &[u8],
         manifest_digest: &str,
     ) -> Result<()> {
+        self.put_manifest_as(repository, tag, manifest, manifest_digest, OCI_MANIFEST)
+    }
+
+    /// [`Registry::put_manifest`] with the manifest's media type.
+    fn put_manifest_as(
+        &self,
+        repository: &str,
+        tag: &str,
+        manifest: &[u8],
+        manifest_digest: &str,
+        media_type: &str,
+    ) -> Result<()> {
         let url = format!("{}/v2/{repository}/manifests/{tag}", self.base_url());
         let response = send(
             "PUT",
             &url,
-            self.agent.put(&url).set("Content-Type", OCI_MANIFEST),
+            self.agent.put(&url).set("Content-Type", media_type),
             Some(manifest),
         )?;
         let response = expect_status("PUT", &url, response, 201)?;
@@ -419,7 +546,9 @@ impl Registry {
         let response = send(
             "HEAD",
             &url,
-            self.agent.head(&url).set("Accept", OCI_MANIFEST),
+            self.agent
+                .head(&url)
+                .set("Accept", &format!("{OCI_MANIFEST}, {OCI_INDEX}")),
             None,
         )?;
         let response = expect_status("HEAD", &url, response, 200)?;
@@ -576,7 +705,7 @@ log:
   level: warn
   formatter: text
   accesslog:
-    disabled: true
+    disabled: false
 storage:
   filesystem:
     rootdirectory: \"{}\"

@@ -64,6 +64,27 @@ pub struct Downloaded {
     pub digest: String,
 }
 
+/// The digest (`<algorithm>:<hex>`) of the file at `path`, read in chunks; `None` when it does
+/// not exist. Blocking.
+pub fn file_digest(path: &std::path::Path, checksum: Checksum) -> std::io::Result<Option<String>> {
+    use std::io::Read as _;
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut hasher = Hasher::new(checksum);
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(Some(hasher.finish()))
+}
+
 /// The hash [`Http::download_hashed`] computes while it writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Checksum {

@@ -5,6 +5,7 @@
 //!   5xx honouring `Retry-After`, an optional proxy, and errors that name method and URL;
 //! - [`registry`]: the OCI distribution client (tag lists with `Link` pagination, bearer-token
 //!   challenges, basic credentials, manifest digests, manifests and blobs verified by digest);
+//! - [`oci`]: pinned images copied by digest, verified, into an OCI image layout;
 //! - [`github`]: the GitHub REST client (releases with `Link` pagination, latest release,
 //!   release by tag or id, asset download, asset sha256, rate limits as a distinct error; and
 //!   for publishing: create and edit a release, upload and delete an asset);
@@ -15,6 +16,7 @@
 
 pub mod github;
 pub mod http;
+pub mod oci;
 pub mod registry;
 
 use sha2::{Digest as _, Sha256};

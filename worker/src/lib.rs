@@ -1,10 +1,9 @@
 //! neco-worker: runs on every boot server. It owns the worker's outer loop and the lock-step
 //! barrier ([`run`], [`barrier`]), self-update by deb and the pinned debs ([`debs`]), and the
-//! step table ([`steps`]): images ([`images`]), services ([`services`]) and sabakan contents
-//! ([`contents`]). It depends on `neco` (lib), `fetch` and `artifacts`; never on the updater.
+//! step table ([`steps`]): images (copied by `fetch::oci`), services ([`services`]) and
+//! sabakan contents ([`contents`]). It depends on `neco` (lib), `fetch` and `artifacts`; never
+//! on the updater.
 //!
-//! - [`images`]: copy a pinned container image from its registry into a local OCI image
-//!   layout, verifying every digest (step 1 of an update).
 //! - [`barrier`]: the pure decisions of the lock-step protocol;
 //! - [`run`]: the outer loop and the update of one request;
 //! - [`steps`]: the step table; [`services`]: unit files and service managers;
@@ -16,7 +15,6 @@ pub mod barrier;
 pub mod cli;
 pub mod contents;
 pub mod debs;
-pub mod images;
 pub mod online;
 pub mod run;
 pub mod services;

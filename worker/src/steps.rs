@@ -3,14 +3,24 @@
 
 use crate::contents::{self, Asset, Contents, OsFile, Sabakan};
 use crate::debs;
-use crate::images;
 use crate::online::Online;
 use crate::services::{self, ServiceManager, ServiceSpec};
 use fetch::github::GitHub;
+use fetch::oci::{self, ImageSource};
 use neco::config::ArtifactSources;
 use neco::storage::Storage;
 use neco::types::Lrn;
 use std::path::PathBuf;
+
+/// What step 1 copies for a pinned image.
+pub fn image_source(image: &artifacts::ContainerImage) -> ImageSource {
+    ImageSource {
+        repository: image.repository.as_str().to_owned(),
+        tag: image.tag.as_str().to_owned(),
+        digest: image.digest.as_str().to_owned(),
+        private: image.private,
+    }
+}
 
 /// The steps, in order. The last one is a no-op barrier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,14 +182,14 @@ impl StepContext<'_> {
                 .await
                 .map_err(|e| Self::fail(step, e))?;
             if recorded.as_deref() == Some(image.tag.as_str())
-                && images::is_present(&layout, image).unwrap_or(false)
+                && oci::is_present(&layout, image_source(image)).unwrap_or(false)
             {
                 continue;
             }
-            images::copy_image(
+            oci::copy_image(
                 &http,
                 &layout,
-                image,
+                image_source(image),
                 &self.sources.registries,
                 self.registry_credentials.as_ref(),
             )

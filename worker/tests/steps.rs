@@ -263,7 +263,7 @@ async fn step1_copies_every_pinned_image_once() {
         let layout = images_dir.join(name);
         let pushed = pushed(&mirror, image);
         assert!(
-            worker::images::is_present(&layout, image).unwrap(),
+            fetch::oci::is_present(&layout, worker::steps::image_source(image)).unwrap(),
             "{name} is not in its layout"
         );
         let blobs = layout_blobs(&layout);
@@ -327,7 +327,7 @@ async fn step1_refuses_a_tampered_layer_and_records_nothing_for_it() {
     assert!(text.contains(&layer), "the error names the layer: {text}");
     assert!(text.contains(etcd_image.repository.as_str()), "{text}");
     let layout = server.path().join(IMAGE_DIR).join("etcd");
-    assert!(!worker::images::is_present(&layout, etcd_image).unwrap());
+    assert!(!fetch::oci::is_present(&layout, worker::steps::image_source(etcd_image)).unwrap());
     assert!(!layout
         .join("blobs/sha256")
         .join(layer.trim_start_matches("sha256:"))
@@ -337,7 +337,7 @@ async fn step1_refuses_a_tampered_layer_and_records_nothing_for_it() {
     // Repaired, the step completes and records it.
     std::fs::write(&blob, original).unwrap();
     ctx.run(Step::FetchImages, V).await.unwrap();
-    assert!(worker::images::is_present(&layout, etcd_image).unwrap());
+    assert!(fetch::oci::is_present(&layout, worker::steps::image_source(etcd_image)).unwrap());
     assert_eq!(
         env.storage
             .container_tag(0, "etcd")

@@ -20,6 +20,7 @@ mod progress;
 mod promote;
 mod publish;
 mod release;
+mod store;
 mod tag;
 
 use anyhow::{bail, Context as _};
@@ -320,6 +321,7 @@ fn run(dir: &Path, program: &str, args: &[&str]) -> anyhow::Result<()> {
 /// the dctest suites once they are planned.
 struct Steps {
     done: Vec<(String, Duration)>,
+    notes: Vec<String>,
     suites: Vec<SuiteRun>,
 }
 
@@ -327,8 +329,14 @@ impl Steps {
     fn new() -> Self {
         Self {
             done: Vec::new(),
+            notes: Vec::new(),
             suites: Vec::new(),
         }
+    }
+
+    /// A line printed with the summary.
+    fn note(&mut self, text: String) {
+        self.notes.push(text);
     }
 
     /// The suites the command will run: the summary reports each as not run until it ran.
@@ -358,6 +366,9 @@ impl Steps {
         eprintln!("\n{outcome}:");
         for (name, took) in &self.done {
             eprintln!("  {:>7.1}s  {name}", took.as_secs_f64());
+        }
+        for note in &self.notes {
+            eprintln!("  {note}");
         }
         if !self.suites.is_empty() {
             print_suites(&self.suites);
@@ -561,6 +572,9 @@ const NIGHTLY_SUITES: [&str; 2] = ["bootstrap", "upgrade"];
 struct DctestCandidate {
     cargo: String,
     from: UpgradeFrom,
+    /// Where the candidate's artifacts come from, and the store they are brought into.
+    sources: store::Sources,
+    store: PathBuf,
 }
 
 /// The release the upgrade suite starts from.
@@ -581,6 +595,31 @@ impl nightly::Candidate for DctestCandidate {
         steps: &mut Steps,
     ) -> anyhow::Result<()> {
         steps.step("Debian packages", || ensure_packages(TEST_PACKAGES))?;
+        // Before any build: a candidate whose artifacts cannot be had stops here.
+        let mut brought = None;
+        steps.step("the candidate's artifacts, into the dctest store", || {
+            let path = repo.join(nightly::RELEASE_FILE);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let pins = artifacts_gen::generated::parse(&path, &text)?;
+            let mut sources = self.sources.clone();
+            if sources.os_image_base.is_none() {
+                let manifest =
+                    artifacts_gen::manifest::Manifest::load(&repo.join(nightly::MANIFEST))?;
+                sources.os_image_base = Some(manifest.os_image.base_url);
+            }
+            let report = store::bring_in(&release::github_http()?, &self.store, &pins, &sources)?;
+            eprintln!("{}: {}", self.store.display(), report.summary());
+            brought = Some(report);
+            Ok(())
+        })?;
+        if let Some(report) = brought {
+            steps.note(format!(
+                "dctest store {}: {}",
+                self.store.display(),
+                report.summary()
+            ));
+        }
         let mut from = None;
         steps.step("the release to upgrade from", || {
             from = match &self.from {
@@ -605,37 +644,53 @@ impl nightly::Candidate for DctestCandidate {
             Ok(())
         })?;
         let deb = build_package_as(repo, &self.cargo, steps, tag, false)?;
-        let env: Vec<(&str, &Path)> = from
-            .as_deref()
-            .map(|path| ("NECO_UPGRADE_FROM", path))
-            .into_iter()
-            .collect();
+        let mut env: Vec<(&str, &Path)> = vec![(dctest::store::STORE_ENV, self.store.as_path())];
+        env.extend(from.as_deref().map(|path| ("NECO_UPGRADE_FROM", path)));
         run_suites_with(repo, &self.cargo, &deb, &env, &NIGHTLY_SUITES, steps)
     }
 }
 
 fn nightly(root: &Path, args: NightlyArgs) -> anyhow::Result<()> {
-    let mut artifacts_gen_args = Vec::new();
+    // Where the candidate is resolved from, and its artifacts brought in from.
+    let mut registries = args.registries.clone();
+    let mut github_api = args.github_api.clone();
+    let mut os_feed = args.os_feed.clone();
+    let mut os_image_base = args.os_image_base.clone();
     // Keeps the mirror's servers alive for the run.
     let _mirror = if args.mirror {
-        let (m, mirror_args) = start_mirror()?;
-        artifacts_gen_args.extend(mirror_args);
+        let m = start_mirror()?;
+        registries = m.registry_overrides();
+        github_api = Some(m.github.base_url());
+        os_feed = Some(m.feed.feed_url());
+        os_image_base = Some(m.feed.file_base_template());
         Some(m)
     } else {
         None
     };
-    for registry in args.registries {
-        artifacts_gen_args.extend(["--registry".to_owned(), registry]);
+    let mut artifacts_gen_args = Vec::new();
+    for registry in &registries {
+        artifacts_gen_args.extend(["--registry".to_owned(), registry.clone()]);
     }
-    if let Some(url) = args.github_api.clone() {
-        artifacts_gen_args.extend(["--github-api".to_owned(), url]);
+    for (flag, value) in [
+        ("--github-api", &github_api),
+        ("--os-feed", &os_feed),
+        ("--os-image-base", &os_image_base),
+    ] {
+        if let Some(value) = value {
+            artifacts_gen_args.extend([flag.to_owned(), value.clone()]);
+        }
     }
-    if let Some(url) = args.os_feed {
-        artifacts_gen_args.extend(["--os-feed".to_owned(), url]);
-    }
-    if let Some(url) = args.os_image_base {
-        artifacts_gen_args.extend(["--os-image-base".to_owned(), url]);
-    }
+    let sources = store::Sources {
+        registries: registries
+            .iter()
+            .map(|r| artifacts_gen::cli::parse_registry_override(r).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()?,
+        credentials: artifacts_gen::cli::registry_credentials()?,
+        github_api: reqwest::Url::parse(github_api.as_deref().unwrap_or(release::GITHUB_API))
+            .context("the GitHub API URL")?,
+        github_token: release::github_token(),
+        os_image_base,
+    };
     let options = nightly::Options {
         repo: root.to_path_buf(),
         remote: args.remote,
@@ -668,6 +723,8 @@ fn nightly(root: &Path, args: NightlyArgs) -> anyhow::Result<()> {
     let mut candidate = DctestCandidate {
         cargo: cargo(),
         from,
+        sources,
+        store: store::default_dir(root),
     };
     let outcome = nightly::run(&options, &mut candidate, &mut steps);
     match outcome {
@@ -880,8 +937,8 @@ fn codegen(root: &Path, mirror: bool, check: bool) -> anyhow::Result<()> {
     let mut common: Vec<String> = Vec::new();
     // Keeps the mirror's servers alive until both files are written.
     let _mirror = if mirror {
-        let (m, args) = start_mirror()?;
-        common.extend(args);
+        let m = start_mirror()?;
+        common.extend(mirror_args(&m));
         Some(m)
     } else {
         None
@@ -905,13 +962,16 @@ fn codegen(root: &Path, mirror: bool, check: bool) -> anyhow::Result<()> {
 }
 
 /// Starts the local mirror of the pins (docker-registry, GitHub and feed stand-ins seeded with
-/// dctest/mirror/neco-pins-2025-03-10.toml); returns it (its servers stop when it is dropped)
-/// and the artifacts-gen arguments that point at it.
-fn start_mirror() -> anyhow::Result<(dctest::mirror::Mirror, Vec<String>)> {
+/// dctest/mirror/neco-pins-2025-03-10.toml); returns it (its servers stop when it is dropped).
+fn start_mirror() -> anyhow::Result<dctest::mirror::Mirror> {
     ensure_packages(TEST_PACKAGES)?;
     let seed = dctest::mirror::MirrorSeed::neco_2025()?;
     eprintln!("starting the local mirror (docker-registry, GitHub and feed stand-ins)");
-    let m = dctest::mirror::Mirror::start(&seed)?;
+    Ok(dctest::mirror::Mirror::start(&seed)?)
+}
+
+/// The artifacts-gen arguments that point at the mirror `m`.
+fn mirror_args(m: &dctest::mirror::Mirror) -> Vec<String> {
     let mut args = Vec::new();
     for o in m.registry_overrides() {
         args.extend(["--registry".to_owned(), o]);
@@ -924,7 +984,7 @@ fn start_mirror() -> anyhow::Result<(dctest::mirror::Mirror, Vec<String>)> {
         "--os-image-base".to_owned(),
         m.feed.file_base_template(),
     ]);
-    Ok((m, args))
+    args
 }
 
 fn bench_resolve(root: &Path) -> anyhow::Result<()> {

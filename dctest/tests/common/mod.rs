@@ -6,9 +6,10 @@
 pub mod faults;
 
 use dctest::datacenter::{find_neco_deb, Options};
+use dctest::store::STORE_ENV;
 use dctest::DataCenter;
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How long one update of three boot servers may take on a loaded 2-core machine.
@@ -24,16 +25,24 @@ pub fn start() -> DataCenter {
 }
 
 /// Starts the data center with `deb` installed, its registry mirror holding every image of
-/// the release pins (a nightly candidate may pin tags the seed lacks), and checks that the
-/// mirror serves each at its pinned digest.
+/// the release pins, and checks that the mirror serves each at its pinned digest. With
+/// [`STORE_ENV`] (the nightly), the mirror serves the candidate's artifacts from that store,
+/// as upstream made them; otherwise it makes every pinned tag itself (the pins were resolved
+/// against a mirror like it).
 pub fn start_on(deb: &Path) -> DataCenter {
     let pins = Pins::release();
-    let options = Options {
-        images: pins
+    let store = std::env::var_os(STORE_ENV).map(PathBuf::from);
+    let images = match store {
+        Some(_) => Vec::new(),
+        None => pins
             .images
             .iter()
             .map(|i| (i.repository.clone(), i.tag.clone()))
             .collect(),
+    };
+    let options = Options {
+        images,
+        store,
         ..Options::new(deb)
     };
     let dc = DataCenter::start(options).unwrap_or_else(|e| panic!("starting the data center: {e}"));
@@ -46,8 +55,9 @@ pub fn start_on(deb: &Path) -> DataCenter {
             .unwrap();
         assert_eq!(
             served, image.digest,
-            "the release pins name {}:{} at {}, but the local mirror makes {served}: pins \
-             resolved against upstream need their images mirrored into dctest, which it does not do",
+            "the release pins name {}:{} at {}, but the data center serves {served}: pins \
+             resolved against upstream are served from the store that `cargo xtask nightly` \
+             fills ({STORE_ENV})",
             image.repository, image.tag, image.digest
         );
     }

@@ -5,6 +5,9 @@
 
 use dctest::{sha256_digest, PushedImage, Registry};
 use fetch::http::{Http, RetryPolicy};
+use fetch::oci::{
+    copy_image, copy_image_platforms, is_present, ImageSource, Platforms, REF_NAME, REPOSITORY,
+};
 use fetch::registry::{OCI_INDEX, OCI_MANIFEST};
 use reqwest::Url;
 use serde_json::{json, Value};
@@ -13,7 +16,6 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
-use worker::images::{copy_image, is_present, ImageSource, REF_NAME, REPOSITORY};
 
 /// The host the images are named by; the override points it at the loopback registry.
 /// (`.invalid` never resolves, so nothing can leak to a real host.)
@@ -507,4 +509,22 @@ async fn an_image_index_copies_the_index_and_the_linux_amd64_image() {
     assert_eq!(entries[0]["annotations"][REF_NAME], json!("1.0.0"));
     assert!(is_present(dir.path(), &image).unwrap());
     skopeo_accepts(dir.path(), "1.0.0", &index_digest);
+
+    // Every platform: what a registry accepts again with the same digest.
+    let all = tempfile::tempdir().unwrap();
+    copy_image_platforms(
+        &http(),
+        all.path(),
+        &image,
+        &overrides(&registry),
+        None,
+        Platforms::All,
+    )
+    .await
+    .unwrap();
+    let (blobs, entries) = check_layout(all.path());
+    expected.extend(arm64.layer_digests.iter().cloned());
+    expected.extend([arm64.manifest_digest.clone(), arm64.config_digest.clone()]);
+    assert_eq!(blobs, expected, "the index and both platforms");
+    assert_eq!(entries[0]["digest"], json!(index_digest));
 }

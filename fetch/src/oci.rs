@@ -1,14 +1,17 @@
-//! Pinned container images copied from their registry into a local OCI image layout
-//! (step 1 of an update).
+//! Pinned container images copied from their registry into a local OCI image layout: step 1
+//! of an update on a boot server (the linux/amd64 image), and the store of a nightly
+//! candidate's images for the virtual data center (every platform, so that the copy can be
+//! pushed to a registry again with the same digests).
 //!
 //! The layout follows the OCI image-layout spec: an `oci-layout` file
 //! (`{"imageLayoutVersion":"1.0.0"}`), an `index.json` listing the images, and every blob under
 //! `blobs/sha256/<hex>`. A copy fetches the manifest **by its pinned digest**, then the config
-//! and every layer (for an image index: the index and the linux/amd64 manifest with its
-//! blobs), verifying each digest. Blobs already present with the right content are neither
-//! fetched nor written again, so a second copy of the same pin makes no request at all. Each
-//! blob is written to a temporary file in the blobs directory and renamed into place, so a
-//! failed copy leaves no partial blob; `index.json` is replaced the same way.
+//! and every layer (for an image index: the index and its linux/amd64 manifest with its blobs,
+//! or with [`Platforms::All`] every manifest it lists with theirs), verifying each digest.
+//! Blobs already present with the right content are neither fetched nor written again, so a
+//! second copy of the same pin makes no request at all. Each blob is written to a temporary
+//! file in the blobs directory and renamed into place, so a failed copy leaves no partial
+//! blob; `index.json` is replaced the same way.
 //!
 //! `index.json` names each image by the annotation `org.opencontainers.image.ref.name` = its
 //! tag (so `skopeo` and `podman` find it as `oci:<dir>:<tag>`) and
@@ -18,20 +21,19 @@
 //! repository annotation. Copies into one layout must not run concurrently (`index.json` is
 //! read, changed and replaced).
 
-use artifacts::ContainerImage;
-use bytes::Bytes;
-use fetch::http::{Http, HttpError};
-use fetch::registry::{
+use crate::http::{Http, HttpError};
+use crate::registry::{
     is_tag, Credentials, RegistryError, RepoClient, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
     OCI_INDEX, OCI_MANIFEST,
 };
-use fetch::{is_sha256_digest, sha256_digest};
+use crate::{is_sha256_digest, sha256_digest};
+use bytes::Bytes;
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The annotation that names an image in `index.json` (its tag).
@@ -41,7 +43,7 @@ pub const REPOSITORY: &str = "io.cybozu.neco.repository";
 /// The content of the `oci-layout` file.
 pub const OCI_LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
 
-/// An image to copy: what [`ContainerImage`] pins, as owned strings.
+/// An image to copy: what an `artifacts::ContainerImage` pins, as owned strings.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImageSource {
     /// `host/path`, e.g. `ghcr.io/cybozu/etcd`.
@@ -89,21 +91,20 @@ impl fmt::Display for ImageSource {
     }
 }
 
-impl From<&ContainerImage> for ImageSource {
-    fn from(image: &ContainerImage) -> Self {
-        Self {
-            repository: image.repository.as_str().to_owned(),
-            tag: image.tag.as_str().to_owned(),
-            digest: image.digest.as_str().to_owned(),
-            private: image.private,
-        }
-    }
-}
-
 impl From<&ImageSource> for ImageSource {
     fn from(image: &ImageSource) -> Self {
         image.clone()
     }
+}
+
+/// Which manifests of an image index a copy takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platforms {
+    /// The linux/amd64 manifest only: what a boot server runs.
+    LinuxAmd64,
+    /// Every manifest the index lists: a copy that a registry accepts again as it is (a
+    /// registry refuses an index whose manifests it does not have).
+    All,
 }
 
 /// The base URL of the registry API of `host`: its override, else `https://<host>/`.
@@ -192,8 +193,28 @@ pub async fn copy_image(
     overrides: &BTreeMap<String, Url>,
     credentials: Option<&Credentials>,
 ) -> Result<CopyReport, ImageError> {
+    copy_image_platforms(
+        http,
+        layout,
+        image,
+        overrides,
+        credentials,
+        Platforms::LinuxAmd64,
+    )
+    .await
+}
+
+/// [`copy_image`], taking the manifests of an index that `platforms` says.
+pub async fn copy_image_platforms(
+    http: &Http,
+    layout: &Path,
+    image: impl Into<ImageSource>,
+    overrides: &BTreeMap<String, Url>,
+    credentials: Option<&Credentials>,
+    platforms: Platforms,
+) -> Result<CopyReport, ImageError> {
     let image = image.into();
-    copy(http, layout, &image, overrides, credentials)
+    copy(http, layout, &image, overrides, credentials, platforms)
         .await
         .map_err(|failure| ImageError {
             image: image.to_string(),
@@ -207,6 +228,7 @@ async fn copy(
     image: &ImageSource,
     overrides: &BTreeMap<String, Url>,
     credentials: Option<&Credentials>,
+    platforms: Platforms,
 ) -> Result<CopyReport, ImageFailure> {
     image.check()?;
     let layout = Layout::open(layout.to_owned()).await?;
@@ -230,15 +252,25 @@ async fn copy(
                 digest: top.digest.clone(),
                 platforms: manifests.iter().map(Descriptor::platform_text).collect(),
             })?;
-            let child = copier.manifest(&chosen.digest, None).await?;
-            let Kind::Image { blobs } = &child.kind else {
-                return Err(ImageFailure::BadManifest {
-                    digest: top.digest.clone(),
-                    message: format!("its linux/amd64 entry {} is an index", child.digest),
-                });
+            let children: Vec<&Descriptor> = match platforms {
+                Platforms::LinuxAmd64 => vec![chosen],
+                Platforms::All => manifests.iter().collect(),
             };
-            copier.blobs(blobs).await?;
-            copier.store(&child).await?;
+            for entry in children {
+                let child = copier.manifest(&entry.digest, None).await?;
+                let Kind::Image { blobs } = &child.kind else {
+                    return Err(ImageFailure::BadManifest {
+                        digest: top.digest.clone(),
+                        message: format!(
+                            "its {} entry {} is an index",
+                            entry.platform_text(),
+                            child.digest
+                        ),
+                    });
+                };
+                copier.blobs(blobs).await?;
+                copier.store(&child).await?;
+            }
         }
     }
     copier.store(&top).await?;
@@ -541,7 +573,7 @@ impl Copier<'_> {
             // a layer may be hundreds of MB.
             let downloaded = self
                 .client
-                .get_blob_to(digest, &self.layout.blobs, fetch::http::DOWNLOAD_IDLE)
+                .get_blob_to(digest, &self.layout.blobs, crate::http::DOWNLOAD_IDLE)
                 .await?;
             tracing::debug!(%digest, size = downloaded.len, "blob downloaded");
             self.layout.persist_blob(digest, downloaded).await?;
@@ -604,24 +636,9 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageFailure> {
     Ok(())
 }
 
-/// The sha256 digest of a file, read in chunks; `None` when it does not exist.
+/// The sha256 digest of a file; `None` when it does not exist.
 fn file_digest(path: &Path) -> Result<Option<String>, ImageFailure> {
-    use sha2::{Digest as _, Sha256};
-    let mut file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error(path)(e)),
-    };
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buffer).map_err(io_error(path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(Some(format!("sha256:{}", hex::encode(hasher.finalize()))))
+    crate::http::file_digest(path, crate::http::Checksum::Sha256).map_err(io_error(path))
 }
 
 impl Layout {
@@ -688,7 +705,7 @@ impl Layout {
     async fn persist_blob(
         &self,
         digest: &str,
-        downloaded: fetch::http::Downloaded,
+        downloaded: crate::http::Downloaded,
     ) -> Result<(), ImageFailure> {
         let path = self.blob_path(digest);
         let target = path.clone();
