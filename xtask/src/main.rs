@@ -423,6 +423,9 @@ struct SuiteRun {
 /// Runs dctest suites against a package, one after the other, every one even when an earlier
 /// one failed, and records each in `steps` (its summary prints the suite table). When any
 /// failed, prints the summary and fails, naming them.
+/// Runs the suites on a data center serving a store, as the nightly does: the release pins
+/// are first brought into the store from a local mirror, as the nightly brings a candidate
+/// in from upstream.
 fn run_suites(
     root: &Path,
     cargo: &str,
@@ -430,7 +433,59 @@ fn run_suites(
     suites: &[&str],
     steps: &mut Steps,
 ) -> anyhow::Result<()> {
-    run_suites_with(root, cargo, deb, &[], suites, steps)
+    let dir = store::default_dir(root);
+    let mut brought = None;
+    steps.step(
+        "the release pins, into the dctest store (from a local mirror)",
+        || {
+            let m = start_mirror()?;
+            let sources = store::Sources {
+                registries: m
+                    .registry_overrides()
+                    .iter()
+                    .map(|r| {
+                        artifacts_gen::cli::parse_registry_override(r).map_err(anyhow::Error::msg)
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+                credentials: None,
+                github_api: reqwest::Url::parse(&format!("{}/", m.github.base_url()))?,
+                github_token: None,
+                os_image_base: Some(m.feed.file_base_template()),
+            };
+            let report = store::bring_in(
+                &release::github_http()?,
+                &dir,
+                &release_pins(root)?,
+                &sources,
+            )?;
+            eprintln!("{}: {}", dir.display(), report.summary());
+            brought = Some(report);
+            Ok(())
+        },
+    )?;
+    if let Some(report) = brought {
+        steps.note(format!(
+            "dctest store {}: {}",
+            dir.display(),
+            report.summary()
+        ));
+    }
+    run_suites_with(
+        root,
+        cargo,
+        deb,
+        &[(dctest::store::STORE_ENV, &dir)],
+        suites,
+        steps,
+    )
+}
+
+/// The release pins of the work tree at `repo` (`artifacts_release.rs`).
+fn release_pins(repo: &Path) -> anyhow::Result<artifacts_gen::generated::PinnedSet> {
+    let path = repo.join(nightly::RELEASE_FILE);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(artifacts_gen::generated::parse(&path, &text)?)
 }
 
 /// [`run_suites`] with more environment for the suites (e.g. `NECO_UPGRADE_FROM`).
@@ -598,10 +653,7 @@ impl nightly::Candidate for DctestCandidate {
         // Before any build: a candidate whose artifacts cannot be had stops here.
         let mut brought = None;
         steps.step("the candidate's artifacts, into the dctest store", || {
-            let path = repo.join(nightly::RELEASE_FILE);
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let pins = artifacts_gen::generated::parse(&path, &text)?;
+            let pins = release_pins(repo)?;
             let mut sources = self.sources.clone();
             if sources.os_image_base.is_none() {
                 let manifest =
