@@ -49,6 +49,8 @@ pub mod sabakan;
 pub mod service_elf;
 pub mod service_image;
 pub mod store;
+pub mod token_auth;
+pub mod upstream;
 mod util;
 pub mod webhook;
 

@@ -18,6 +18,7 @@ use crate::network::NetNs;
 use crate::process::{free_port, ChildGuard};
 use crate::service_image::{ImageBlobs, ServicePorts};
 use crate::store::{references, Store};
+use crate::token_auth::{TokenServer, ISSUER};
 use crate::util::{lock, sha256_digest};
 use crate::{Error, Result};
 use std::net::SocketAddrV4;
@@ -49,6 +50,8 @@ pub struct PushedImage {
     pub tag: String,
     /// `sha256:<hex>` of the manifest bytes; equals the registry's `Docker-Content-Digest`.
     pub manifest_digest: String,
+    /// Bytes of the manifest.
+    pub manifest_size: usize,
     /// `sha256:<hex>` of the config blob.
     pub config_digest: String,
     /// `sha256:<hex>` of each layer blob, in manifest order.
@@ -56,7 +59,8 @@ pub struct PushedImage {
 }
 
 /// A second `docker-registry` serving a [`Registry`]'s storage in a network namespace
-/// ([`Registry::serve_in`]); killed on drop.
+/// ([`Registry::serve_in`]) or behind token authentication
+/// ([`Registry::serve_with_token_auth`]); killed on drop.
 #[derive(Debug)]
 pub struct RegistryView {
     child: ChildGuard,
@@ -78,6 +82,11 @@ impl RegistryView {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.pid()
+    }
+
+    /// The requests it answered (`METHOD /path`), from its access log, oldest first.
+    pub fn requests(&self) -> Result<Vec<String>> {
+        logged_requests(&self.log_path)
     }
 }
 
@@ -247,6 +256,23 @@ impl Registry {
         Ok(image)
     }
 
+    /// [`Registry::push_image`] of [`ImageBlobs::build_as`]`(repository, tag, origin,
+    /// architecture)`, as `repository:tag`.
+    pub fn push_image_as(
+        &self,
+        repository: &str,
+        tag: &str,
+        origin: &str,
+        architecture: &str,
+    ) -> Result<PushedImage> {
+        validate_repository(repository)?;
+        validate_tag(tag)?;
+        let blobs = ImageBlobs::build_as(repository, tag, Some(origin), architecture)?;
+        let (image, manifest) = self.upload_blobs(repository, tag, blobs)?;
+        self.put_manifest(repository, tag, &manifest, &image.manifest_digest)?;
+        Ok(image)
+    }
+
     /// Pushes one small image (as [`Registry::push_image`] does for `tags[0]`) and puts its
     /// manifest under every tag of `tags`: the blobs are uploaded once, then each tag costs one
     /// manifest `PUT`, so a repository can be seeded with hundreds of tags quickly.
@@ -274,14 +300,23 @@ impl Registry {
     /// image (named by `tag`) with its manifest bytes, which are not pushed yet. Fails naming
     /// both repositories when another one pushed here has the same service port.
     fn upload_image(&self, repository: &str, tag: &str) -> Result<(PushedImage, Vec<u8>)> {
+        self.upload_blobs(repository, tag, ImageBlobs::build(repository, tag)?)
+    }
+
+    fn upload_blobs(
+        &self,
+        repository: &str,
+        tag: &str,
+        blobs: ImageBlobs,
+    ) -> Result<(PushedImage, Vec<u8>)> {
         lock(&self.service_ports).claim(repository)?;
-        let blobs = ImageBlobs::build(repository, tag)?;
         self.upload_blob(repository, &blobs.config, &blobs.config_digest)?;
         self.upload_blob(repository, &blobs.layer, &blobs.layer_digest)?;
         let image = PushedImage {
             repository: repository.to_owned(),
             tag: tag.to_owned(),
             manifest_digest: blobs.manifest_digest,
+            manifest_size: blobs.manifest.len(),
             config_digest: blobs.config_digest,
             layer_digests: vec![blobs.layer_digest],
         };
@@ -340,22 +375,17 @@ impl Registry {
     ) -> Result<String> {
         validate_repository(repository)?;
         validate_tag(tag)?;
-        let mut manifests = Vec::new();
-        for (image, architecture) in images {
-            let blobs = ImageBlobs::build(&image.repository, &image.tag)?;
-            if blobs.manifest_digest != image.manifest_digest {
-                return Err(Error::InvalidArgument(format!(
-                    "{}:{} is not an image this registry pushes",
-                    image.repository, image.tag
-                )));
-            }
-            manifests.push(serde_json::json!({
-                "mediaType": OCI_MANIFEST,
-                "digest": image.manifest_digest,
-                "size": blobs.manifest.len(),
-                "platform": { "os": "linux", "architecture": architecture },
-            }));
-        }
+        let manifests: Vec<serde_json::Value> = images
+            .iter()
+            .map(|(image, architecture)| {
+                serde_json::json!({
+                    "mediaType": OCI_MANIFEST,
+                    "digest": image.manifest_digest,
+                    "size": image.manifest_size,
+                    "platform": { "os": "linux", "architecture": architecture },
+                })
+            })
+            .collect();
         let index = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
             "mediaType": OCI_INDEX,
@@ -369,20 +399,41 @@ impl Registry {
     /// The requests the registry answered (`METHOD /path`), from its access log, oldest
     /// first.
     pub fn requests(&self) -> Result<Vec<String>> {
-        let log = std::fs::read_to_string(&self.log_path)
-            .map_err(Error::io(format!("reading {}", self.log_path.display())))?;
-        Ok(log
-            .lines()
-            .filter_map(|line| {
-                let start = line.find("\"")? + 1;
-                let request = &line[start..];
-                let (method, rest) = request.split_once(' ')?;
-                let (path, _) = rest.split_once(' ')?;
-                matches!(method, "GET" | "HEAD" | "PUT" | "POST" | "PATCH" | "DELETE")
-                    .then(|| format!("{method} {path}"))
-                    .filter(|_| path.starts_with("/v2/"))
-            })
-            .collect())
+        logged_requests(&self.log_path)
+    }
+
+    /// Starts a second `docker-registry` on a free loopback port serving this registry's
+    /// storage behind token authentication (`auth: token`, with `token`'s realm and service,
+    /// [`ISSUER`] and its root certificate), as ghcr.io is: what the clients of a simulated
+    /// upstream reach. Seeding goes on through this registry, which needs no token.
+    pub fn serve_with_token_auth(&self, token: &TokenServer) -> Result<RegistryView> {
+        let addr = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, free_port()?);
+        let config_path = self.dir().join("config-token.yml");
+        let log_path = self.dir().join("registry-token.log");
+        let config = format!(
+            "{}auth:\n  token:\n    realm: \"{}\"\n    service: \"{}\"\n    issuer: \"{ISSUER}\"\n    rootcertbundle: \"{}\"\n",
+            config_yaml(addr, &self.storage_dir),
+            token.realm(),
+            token.service(),
+            token.root_certificate().display()
+        );
+        let mut command = Command::new(&self.binary);
+        serve_command(&mut command, self.dir(), &config_path, &config, &log_path)?;
+        let name = "docker-registry with token auth".to_owned();
+        let mut child = ChildGuard::spawn(name.clone(), &mut command)?;
+        match child.wait_for_http(&format!("http://{addr}/v2/"), START_TIMEOUT) {
+            Ok(()) => Ok(RegistryView {
+                child,
+                addr,
+                log_path,
+            }),
+            Err(Error::ProcessExited { status, .. }) => Err(Error::ProcessExited {
+                name,
+                status,
+                output: log_tail(&log_path),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// Whether `repository` has the blob `digest`.
@@ -598,6 +649,22 @@ impl Registry {
         )?;
         expect_status("PUT", &put_url, response, 201).map(drop)
     }
+}
+
+/// The requests in a registry's access log (`METHOD /v2/…`), oldest first.
+fn logged_requests(path: &Path) -> Result<Vec<String>> {
+    let log =
+        std::fs::read_to_string(path).map_err(Error::io(format!("reading {}", path.display())))?;
+    Ok(log
+        .lines()
+        .filter_map(|line| {
+            let start = line.find('"')? + 1;
+            let (method, rest) = line[start..].split_once(' ')?;
+            let (path, _) = rest.split_once(' ')?;
+            let known = matches!(method, "GET" | "HEAD" | "PUT" | "POST" | "PATCH" | "DELETE");
+            (known && path.starts_with("/v2/")).then(|| format!("{method} {path}"))
+        })
+        .collect())
 }
 
 /// A blocking HTTP client for loopback requests: no redirects, no proxy.

@@ -18,7 +18,8 @@ use axum::Router;
 use serde_json::json;
 
 use crate::http_server::{bind_loopback, json_response, respond, ServerThread};
-use crate::util::{base64_encode, lock, parse_query, query_value, sha256_digest};
+use crate::token_auth::{basic_challenge, basic_credentials, pulled_repositories, Basic};
+use crate::util::{lock, parse_query, query_value, sha256_digest};
 use crate::Result;
 
 /// The `service` of the token challenge.
@@ -493,34 +494,13 @@ impl Shared {
 
     /// `GET /token?service=..&scope=repository:<name>:pull`.
     fn token(&self, query: &[(String, String)], headers: &HeaderMap) -> Response {
-        let mut repos = BTreeSet::new();
-        for (_, value) in query.iter().filter(|(k, _)| k == "scope") {
-            for scope in value.split(' ') {
-                let Some(rest) = scope.strip_prefix("repository:") else {
-                    continue;
-                };
-                if let Some((name, actions)) = rest.rsplit_once(':') {
-                    if actions.split(',').any(|a| a == "pull" || a == "*") {
-                        repos.insert(name.to_owned());
-                    }
-                }
-            }
-        }
+        let repos = pulled_repositories(query);
         let mut authenticated = false;
         if let Auth::Basic { user, password, .. } = &self.config.auth {
-            if let Some(value) = headers.get(header::AUTHORIZATION) {
-                let expected = base64_encode(format!("{user}:{password}").as_bytes());
-                let ok = value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.split_once(' '))
-                    .is_some_and(|(scheme, credentials)| {
-                        scheme.eq_ignore_ascii_case("basic") && credentials.trim() == expected
-                    });
-                if !ok {
-                    return basic_challenge("invalid credentials");
-                }
-                authenticated = true;
+            match basic_credentials(headers, user, password) {
+                Basic::Invalid => return basic_challenge("invalid credentials"),
+                Basic::Valid => authenticated = true,
+                Basic::Missing => {}
             }
             if !authenticated && repos.iter().any(|r| self.is_private(r)) {
                 return basic_challenge("credentials required for a private repository");
@@ -649,18 +629,6 @@ fn unavailable() -> Response {
         "service unavailable",
         json!(null),
     )
-}
-
-fn basic_challenge(message: &str) -> Response {
-    let mut response = json_response(
-        StatusCode::UNAUTHORIZED,
-        &json!({ "errors": [{ "code": "UNAUTHORIZED", "message": message }] }),
-    );
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"standin\""),
-    );
-    response
 }
 
 /// Applies the spec's pagination; returns the page and the tag to continue after, if any.

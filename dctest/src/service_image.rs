@@ -43,16 +43,32 @@ pub struct ImageBlobs {
 impl ImageBlobs {
     /// The image of `repository:tag` (`repository` as the registry names it, `cybozu/etcd`).
     pub fn build(repository: &str, tag: &str) -> Result<Self> {
+        Self::build_as(repository, tag, None, "amd64")
+    }
+
+    /// [`ImageBlobs::build`] with the label `io.cybozu.neco-rs.origin=<origin>` in the config
+    /// (the same program, other digests: an upstream's image is not a mirror's) and the
+    /// config's `architecture` (the program is x86-64 whatever it says).
+    pub fn build_as(
+        repository: &str,
+        tag: &str,
+        origin: Option<&str>,
+        architecture: &str,
+    ) -> Result<Self> {
         let program = service_program(repository, tag)?;
         let layer = single_file_tar(PROGRAM_PATH.trim_start_matches('/'), &program, 0o755)?;
         let layer_digest = sha256_digest(&layer);
+        let mut image_config = json!({
+            "Entrypoint": [PROGRAM_PATH],
+            "ExposedPorts": { format!("{}/tcp", service_port(repository)): {} },
+        });
+        if let Some(origin) = origin {
+            image_config["Labels"] = json!({ "io.cybozu.neco-rs.origin": origin });
+        }
         let config = serde_json::to_vec(&json!({
-            "architecture": "amd64",
+            "architecture": architecture,
             "os": "linux",
-            "config": {
-                "Entrypoint": [PROGRAM_PATH],
-                "ExposedPorts": { format!("{}/tcp", service_port(repository)): {} },
-            },
+            "config": image_config,
             "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
         }))?;
         let config_digest = sha256_digest(&config);
