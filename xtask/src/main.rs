@@ -92,6 +92,13 @@ enum Cmd {
     /// commit `[ci skip] YYYY.MM.DD-N`, tag `test-YYYY.MM.DD-N` and push the branch, then the
     /// tag. On any failure nothing is pushed and the repository is put back as it was.
     Nightly(NightlyArgs),
+    /// Serve a simulated upstream on loopback until interrupted, for running `cargo xtask
+    /// nightly` without --mirror by hand: the real docker-registry behind token authentication
+    /// (ghcr.io/cybozu-go/setup-hw private, ghcr.io/cybozu/cilium a multi-platform index, a
+    /// newer ghcr.io/cybozu/etcd tag than the mirror's), the GitHub and feed stand-ins; none of
+    /// the bytes are the mirror's. Prints the nightly's endpoint flags and writes the
+    /// credentials to target/simulated-upstream.env (mode 0600).
+    SimulatedUpstream,
     /// Promote a tested candidate: tag `release-YYYY.MM.DD-N` on the commit of
     /// `test-YYYY.MM.DD-N` and push the tag (CI then builds and publishes the pre-release).
     Promote(PromoteArgs),
@@ -266,6 +273,7 @@ fn main() -> std::process::ExitCode {
             Cmd::CheckDeb { deb } => check_deb(&root, &deb),
             Cmd::Dctest { suite } => dctest(&root, suite.as_deref()),
             Cmd::Nightly(args) => nightly(&root, args),
+            Cmd::SimulatedUpstream => simulated_upstream(&root),
             Cmd::Promote(args) => promote::run(&promote::Options {
                 repo: root.clone(),
                 remote: args.remote,
@@ -794,6 +802,64 @@ fn nightly(root: &Path, args: NightlyArgs) -> anyhow::Result<()> {
         // A failed step has printed the summary.
         Err(e) => Err(e.context("cargo xtask nightly failed; nothing was pushed")),
     }
+}
+
+fn simulated_upstream(root: &Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    ensure_packages(TEST_PACKAGES)?;
+    let upstream = dctest::upstream::Upstream::start(
+        &dctest::mirror::MirrorSeed::neco_2025()?,
+        dctest::upstream::UpstreamOptions {
+            private: vec!["ghcr.io/cybozu-go/setup-hw".to_owned()],
+            multi_platform: vec!["ghcr.io/cybozu/cilium".to_owned()],
+        },
+    )?;
+    let newer = upstream.push("ghcr.io/cybozu/etcd", "3.5.16.1")?;
+    // No neco release to upgrade from: the nightly upgrades the candidate to itself.
+    upstream.github.add_repo(&release::default_repository());
+    let env_file = deb::target_dir(root).join("simulated-upstream.env");
+    let (user, password) = upstream.credentials();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&env_file)
+        .with_context(|| format!("writing {}", env_file.display()))?;
+    writeln!(
+        file,
+        "NECO_REGISTRY_USERNAME={user}\nNECO_REGISTRY_PASSWORD={password}"
+    )
+    .with_context(|| format!("writing {}", env_file.display()))?;
+    let mut flags = Vec::new();
+    for o in upstream.registry_overrides() {
+        flags.push(format!("--registry {o}"));
+    }
+    flags.push(format!("--github-api {}/", upstream.github.base_url()));
+    flags.push(format!("--os-feed {}", upstream.feed.feed_url()));
+    flags.push(format!(
+        "--os-image-base '{}'",
+        upstream.feed.file_base_template()
+    ));
+    println!(
+        "simulated upstream running (ghcr.io/cybozu/etcd:3.5.16.1 is new upstream: {newer})\n\
+         credentials: set -a; . {}; set +a\n\
+         cargo xtask nightly --remote REMOTE {}\n\
+         interrupt (Ctrl-C, SIGTERM) to stop",
+        env_file.display(),
+        flags.join(" ")
+    );
+    release::block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot watch SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("cannot watch SIGINT"),
+            _ = term.recv() => Ok(()),
+        }
+    })??;
+    eprintln!("stopping the simulated upstream");
+    Ok(())
 }
 
 fn dctest(root: &Path, suite: Option<&str>) -> anyhow::Result<()> {
