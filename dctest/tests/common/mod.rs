@@ -94,6 +94,9 @@ pub struct Pins {
     pub debs: Vec<PinnedDeb>,
     pub os_channel: String,
     pub os_version: String,
+    /// `sha512:<hex>` of the OS image's kernel and initrd.
+    pub os_kernel_sha512: String,
+    pub os_initrd_sha512: String,
 }
 
 impl Pins {
@@ -127,16 +130,24 @@ impl Pins {
                     sha256: field(block, "sha256"),
                 });
             } else if header.starts_with("OS_IMAGE:") {
-                os = Some((field(block, "channel"), field(block, "version")));
+                os = Some((
+                    field(block, "channel"),
+                    field(block, "version"),
+                    field(block, "kernel_sha512"),
+                    field(block, "initrd_sha512"),
+                ));
             }
         }
-        let (os_channel, os_version) = os.expect("the pins have an OS_IMAGE");
+        let (os_channel, os_version, os_kernel_sha512, os_initrd_sha512) =
+            os.expect("the pins have an OS_IMAGE");
         assert!(!images.is_empty() && !debs.is_empty(), "no pins parsed");
         Self {
             images,
             debs,
             os_channel,
             os_version,
+            os_kernel_sha512,
+            os_initrd_sha512,
         }
     }
 }
