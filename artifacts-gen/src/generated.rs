@@ -199,9 +199,15 @@ impl PinnedSet {
                 format!("{} {} ({})", d.release, d.asset, short_digest(&d.sha256)),
             );
         }
+        let os = &self.os_image;
         rows.insert(
-            ("os image".into(), self.os_image.channel.clone()),
-            self.os_image.version.clone(),
+            ("os image".into(), os.channel.clone()),
+            format!(
+                "{} (kernel {}, initrd {})",
+                os.version,
+                short_digest(&os.kernel_sha512),
+                short_digest(&os.initrd_sha512)
+            ),
         );
         rows
     }

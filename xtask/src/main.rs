@@ -16,6 +16,7 @@ mod current;
 mod deb;
 mod git;
 mod nightly;
+mod nightly_e2e;
 mod progress;
 mod promote;
 mod publish;
@@ -43,7 +44,8 @@ enum Cmd {
     /// (`-D warnings`) and the tests, each with and without `--features release`; then build
     /// the release package (not published) and check it: metadata, files, lintian, an install
     /// into a temporary root, systemd-analyze verify, byte-identical repackaging; then every
-    /// dctest suite.
+    /// dctest suite; then `cargo xtask nightly` without --mirror against a simulated upstream
+    /// (needs a clean work tree: it runs in this checkout, with a remote of its own).
     ///
     /// A failing step before the suites stops the command at once. The suites all run, also
     /// after one fails; the summary ends with a table of the suites (passed / FAILED / not run,
@@ -92,6 +94,11 @@ enum Cmd {
     /// commit `[ci skip] YYYY.MM.DD-N`, tag `test-YYYY.MM.DD-N` and push the branch, then the
     /// tag. On any failure nothing is pushed and the repository is put back as it was.
     Nightly(NightlyArgs),
+    /// The nightly end to end, as `cargo xtask ci` runs it last: `cargo xtask nightly`
+    /// without --mirror against a simulated upstream (a broken blob first: nothing pushed;
+    /// then the candidate tested and pushed to a bare repository on disk). Needs a clean work
+    /// tree.
+    NightlyE2e,
     /// Serve a simulated upstream on loopback until interrupted, for running `cargo xtask
     /// nightly` without --mirror by hand: the real docker-registry behind token authentication
     /// (ghcr.io/cybozu-go/setup-hw private, ghcr.io/cybozu/cilium a multi-platform index, a
@@ -202,6 +209,10 @@ struct NightlyArgs {
     /// repository].
     #[arg(long, value_name = "OWNER/NAME")]
     repository: Option<String>,
+    /// Where the candidate's artifacts are brought in and kept across runs [default:
+    /// target/dctest-store].
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -274,6 +285,9 @@ fn main() -> std::process::ExitCode {
             Cmd::Dctest { suite } => dctest(&root, suite.as_deref()),
             Cmd::Nightly(args) => nightly(&root, args),
             Cmd::SimulatedUpstream => simulated_upstream(&root),
+            Cmd::NightlyE2e => {
+                ensure_packages(TEST_PACKAGES).and_then(|()| nightly_e2e::run(&root, &cargo()))
+            }
             Cmd::Promote(args) => promote::run(&promote::Options {
                 repo: root.clone(),
                 remote: args.remote,
@@ -784,7 +798,10 @@ fn nightly(root: &Path, args: NightlyArgs) -> anyhow::Result<()> {
         cargo: cargo(),
         from,
         sources,
-        store: store::default_dir(root),
+        store: args
+            .store
+            .clone()
+            .unwrap_or_else(|| store::default_dir(root)),
     };
     let outcome = nightly::run(&options, &mut candidate, &mut steps);
     match outcome {
@@ -908,6 +925,10 @@ fn ci(root: &Path) -> anyhow::Result<()> {
     }
     let deb = build_unpublished_package(root, &cargo, &mut steps, true)?;
     run_suites(root, &cargo, &deb, &SUITES, &mut steps)?;
+    steps.step(
+        "the nightly without --mirror, against a simulated upstream",
+        || nightly_e2e::run(root, &cargo),
+    )?;
     steps.summary("cargo xtask ci passed");
     Ok(())
 }

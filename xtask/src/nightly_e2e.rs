@@ -1,0 +1,266 @@
+//! The nightly end to end, as `cargo xtask ci` runs it: `cargo xtask nightly` without
+//! `--mirror`, pointed through its endpoint flags at the simulated upstream
+//! (`dctest::upstream`: docker-registry behind token authentication, a private image, a
+//! multi-platform index, a tag newer than the mirror's, debs and OS files that are not the
+//! mirror's), pushing to a bare repository on disk.
+//!
+//! 1. An upstream blob whose bytes do not match its digest: the nightly fails before any
+//!    build, naming the image, and pushes nothing (a fresh store, so nothing is reused).
+//! 2. The blob repaired: the candidate pins the new tag with upstream's digest, the release
+//!    profile of dctest passes on a data center serving upstream's bytes from the store, and
+//!    the remote gets the candidate commit on its release branch and the `test-` tag.
+//!
+//! It runs the real command in this checkout (the candidate's release build then reuses the
+//! build of the checkout), so the work tree must be clean. The checkout gets a remote, a
+//! branch and a tag of its own for the run ([`E2E_REMOTE`], [`E2E_RELEASE`], the new `test-`
+//! tag); they are removed afterwards, also when the run fails.
+
+use anyhow::{bail, Context as _};
+use dctest::mirror::MirrorSeed;
+use dctest::upstream::{Upstream, UpstreamOptions};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The remote the run pushes to.
+const E2E_REMOTE: &str = "dctest-e2e";
+/// The release branch of the run (never the checkout's own `release`).
+const E2E_RELEASE: &str = "dctest-e2e-release";
+/// The image whose tag is new upstream, and the tag.
+const NEW_IMAGE: (&str, &str) = ("ghcr.io/cybozu/etcd", "3.5.16.1");
+/// The image whose blob is broken in the first run.
+const BROKEN_IMAGE: (&str, &str) = ("ghcr.io/cybozu/vault", "1.18.1.1");
+
+/// Removes what the run added to the checkout.
+struct Cleanup {
+    root: PathBuf,
+    tags_before: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let git = |args: &[&str]| {
+            let _ = Command::new("git")
+                .args(args)
+                .current_dir(&self.root)
+                .output();
+        };
+        git(&["remote", "remove", E2E_REMOTE]);
+        git(&["branch", "-D", E2E_RELEASE]);
+        for tag in tags(&self.root).unwrap_or_default() {
+            if !self.tags_before.contains(&tag) {
+                git(&["tag", "-d", &tag]);
+            }
+        }
+    }
+}
+
+fn tags(root: &Path) -> anyhow::Result<Vec<String>> {
+    let output = Command::new("git")
+        .args(["tag", "--list"])
+        .current_dir(root)
+        .output()
+        .context("cannot run git tag")?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+fn git_ok(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .with_context(|| format!("cannot run git {}", args.join(" ")))?;
+    if !output.status.success() {
+        bail!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// Runs both nightlies; fails naming what was wrong.
+pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
+    let changes = git_ok(root, &["status", "--porcelain"])?;
+    if !changes.is_empty() {
+        bail!(
+            "the nightly end to end runs `cargo xtask nightly` in this checkout, which needs a \
+             clean work tree (CI runs on a clean clone); commit or stash:\n{changes}"
+        );
+    }
+    let upstream = Upstream::start(
+        &MirrorSeed::neco_2025()?,
+        UpstreamOptions {
+            private: vec!["ghcr.io/cybozu-go/setup-hw".to_owned()],
+            multi_platform: vec!["ghcr.io/cybozu/cilium".to_owned()],
+        },
+    )?;
+    let new_digest = upstream.push(NEW_IMAGE.0, NEW_IMAGE.1)?;
+    // No neco release to upgrade from: the candidate is upgraded to itself.
+    upstream
+        .github
+        .add_repo(&crate::release::default_repository());
+
+    let work = tempfile::Builder::new()
+        .prefix("nightly-e2e-")
+        .tempdir_in(crate::deb::target_dir(root))
+        .context("cannot create the directory of the remote")?;
+    let remote = work.path().join("remote.git");
+    git_ok(
+        work.path(),
+        &["init", "--quiet", "--bare", &path_text(&remote)],
+    )?;
+    let _cleanup = Cleanup {
+        root: root.to_owned(),
+        tags_before: tags(root)?,
+    };
+    git_ok(root, &["remote", "add", E2E_REMOTE, &path_text(&remote)])?;
+    git_ok(
+        root,
+        &["push", "--quiet", E2E_REMOTE, "HEAD:refs/heads/main"],
+    )?;
+
+    // 1. A broken blob upstream: nothing is built or pushed.
+    let blob = config_file(&upstream, BROKEN_IMAGE.0, BROKEN_IMAGE.1)?;
+    let original = std::fs::read(&blob).with_context(|| format!("reading {}", blob.display()))?;
+    let mut broken = original.clone();
+    broken[0] ^= 0xff;
+    std::fs::write(&blob, &broken).with_context(|| format!("writing {}", blob.display()))?;
+    let store = work.path().join("store");
+    let (ok, output) = nightly(root, cargo, &upstream, &store)?;
+    std::fs::write(&blob, &original).with_context(|| format!("writing {}", blob.display()))?;
+    let image = format!("{}:{}", BROKEN_IMAGE.0, BROKEN_IMAGE.1);
+    if ok || !output.contains(&image) || output.contains("==> release build") {
+        bail!("with a broken blob of {image} upstream, the nightly should have failed naming it before any build:\n{output}");
+    }
+    let pushed = git_ok(&remote, &["for-each-ref", "--format=%(refname)"])?;
+    if pushed.lines().any(|r| r != "refs/heads/main") {
+        bail!("the failed nightly pushed:\n{pushed}");
+    }
+    eprintln!("the nightly with a broken upstream blob failed naming {image}, pushed nothing");
+
+    // 2. The candidate of upstream's artifacts, tested and pushed.
+    let (ok, output) = nightly(root, cargo, &upstream, &store)?;
+    if !ok {
+        bail!("the nightly against the simulated upstream failed:\n{output}");
+    }
+    let tag = git_ok(&remote, &["tag", "--list", "test-*"])?;
+    if tag.lines().count() != 1 {
+        bail!("the remote has the tags {tag:?}, expected one test- tag");
+    }
+    let tagged = git_ok(&remote, &["rev-parse", &format!("{tag}^{{commit}}")])?;
+    let release = git_ok(
+        &remote,
+        &["rev-parse", &format!("refs/heads/{E2E_RELEASE}")],
+    )?;
+    if tagged != release {
+        bail!("{tag} names {tagged}, the remote's {E2E_RELEASE} {release}");
+    }
+    let pins = git_ok(
+        &remote,
+        &[
+            "show",
+            &format!("{release}:{}", crate::nightly::RELEASE_FILE),
+        ],
+    )?;
+    let pinned = format!("tag: ImageTag::new(\"{}\")", NEW_IMAGE.1);
+    if !pins.contains(&pinned) || !pins.contains(&new_digest) {
+        bail!(
+            "the candidate {release} does not pin {}:{} at upstream's {new_digest}",
+            NEW_IMAGE.0,
+            NEW_IMAGE.1
+        );
+    }
+    eprintln!(
+        "the nightly against the simulated upstream pushed {E2E_RELEASE} and {tag} ({release}), \
+         pinning {}:{} at {new_digest}",
+        NEW_IMAGE.0, NEW_IMAGE.1
+    );
+    Ok(())
+}
+
+/// Runs `cargo xtask nightly` against `upstream`; returns whether it succeeded and its output
+/// (also copied to stderr).
+fn nightly(
+    root: &Path,
+    cargo: &str,
+    upstream: &Upstream,
+    store: &Path,
+) -> anyhow::Result<(bool, String)> {
+    let mut args = vec![
+        "xtask".to_owned(),
+        "nightly".to_owned(),
+        "--remote".to_owned(),
+        E2E_REMOTE.to_owned(),
+        "--release".to_owned(),
+        E2E_RELEASE.to_owned(),
+        "--store".to_owned(),
+        path_text(store),
+    ];
+    for o in upstream.registry_overrides() {
+        args.extend(["--registry".to_owned(), o]);
+    }
+    args.extend([
+        "--github-api".to_owned(),
+        format!("{}/", upstream.github.base_url()),
+        "--os-feed".to_owned(),
+        upstream.feed.feed_url(),
+        "--os-image-base".to_owned(),
+        upstream.feed.file_base_template(),
+    ]);
+    let (user, password) = upstream.credentials();
+    eprintln!(
+        "$ NECO_REGISTRY_USERNAME={user} NECO_REGISTRY_PASSWORD=<set> cargo {}",
+        args.join(" ")
+    );
+    let output = Command::new(cargo)
+        .args(&args)
+        .current_dir(root)
+        // The upstream's own credentials; nothing of CI's reaches the stand-ins.
+        .env("NECO_REGISTRY_USERNAME", user)
+        .env("NECO_REGISTRY_PASSWORD", password)
+        .env_remove("GITHUB_TOKEN")
+        .env_remove("CIRCLE_BUILD_NUM")
+        .env_remove("ARTIFACTS_GEN_REGISTRIES")
+        .env_remove("ARTIFACTS_GEN_GITHUB_API")
+        .env_remove("ARTIFACTS_GEN_OS_FEED")
+        .env_remove("ARTIFACTS_GEN_OS_IMAGE_BASE")
+        .output()
+        .context("cannot run cargo xtask nightly")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("{text}");
+    Ok((output.status.success(), text))
+}
+
+/// The file of the config blob of `repository:tag` in the upstream registry's storage (its
+/// layer is the mirror's, its config is upstream's own).
+fn config_file(upstream: &Upstream, repository: &str, tag: &str) -> anyhow::Result<PathBuf> {
+    let (_, path) = repository
+        .split_once('/')
+        .with_context(|| format!("{repository}: expected host/path"))?;
+    let config = dctest::ImageBlobs::build_as(path, tag, Some(dctest::upstream::ORIGIN), "amd64")?
+        .config_digest;
+    let hex = config.trim_start_matches("sha256:");
+    let file = upstream
+        .seeder()
+        .storage_dir()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(hex.get(..2).unwrap_or(hex))
+        .join(hex)
+        .join("data");
+    if !file.is_file() {
+        bail!("{}: no such blob file", file.display());
+    }
+    Ok(file)
+}
+
+fn path_text(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
