@@ -131,7 +131,7 @@ pub struct CopyReport {
 #[error("image {image}: {failure}")]
 pub struct ImageError {
     pub image: String,
-    #[source]
+    /// Shown in the message (not also as the source, which would print it twice).
     pub failure: ImageFailure,
 }
 

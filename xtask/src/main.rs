@@ -154,7 +154,8 @@ struct ReleaseArgs {
 #[command(after_help = "\
 Environment: CIRCLE_BUILD_NUM (N of the version), NECO_REGISTRY_USERNAME and
 NECO_REGISTRY_PASSWORD (private images), GITHUB_TOKEN (GitHub API of artifacts-gen),
-ARTIFACTS_GEN_REGISTRIES / ARTIFACTS_GEN_GITHUB_API / ARTIFACTS_GEN_OS_FEED (endpoints).
+ARTIFACTS_GEN_REGISTRIES / ARTIFACTS_GEN_GITHUB_API / ARTIFACTS_GEN_OS_FEED /
+ARTIFACTS_GEN_OS_IMAGE_BASE (endpoints).
 fetch and push run `git`, with its credentials (SSH agent, deploy key, credential helper).
 
 Exit status: 0 pushed, dry run done, or nothing to release; 1 a step failed (named), nothing
