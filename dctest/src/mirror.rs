@@ -178,11 +178,7 @@ impl Mirror {
     /// (on the private network with [`Mirror::start_on`]): the form of
     /// `artifacts-gen --registry`.
     pub fn registry_overrides(&self) -> Vec<String> {
-        let url = self.registry_url();
-        self.hosts
-            .iter()
-            .map(|host| format!("{host}={url}"))
-            .collect()
+        overrides(&self.hosts, &self.registry_url())
     }
 
     /// The registry's base URL as its clients reach it.
@@ -196,4 +192,9 @@ impl Mirror {
     pub fn registry_view(&self) -> Option<&RegistryView> {
         self.view.as_ref()
     }
+}
+
+/// `HOST=URL` for every host of `hosts`, all served at `url`.
+pub(crate) fn overrides(hosts: &BTreeSet<String>, url: &str) -> Vec<String> {
+    hosts.iter().map(|host| format!("{host}={url}")).collect()
 }

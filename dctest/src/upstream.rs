@@ -169,11 +169,7 @@ impl Upstream {
     /// `HOST=URL` for every registry host of the seed: the form of `artifacts-gen
     /// --registry`.
     pub fn registry_overrides(&self) -> Vec<String> {
-        let url = self.registry_url();
-        self.hosts
-            .iter()
-            .map(|host| format!("{host}={url}"))
-            .collect()
+        crate::mirror::overrides(&self.hosts, &self.registry_url())
     }
 
     /// The requests the clients' registry answered (`METHOD /path`).

@@ -402,8 +402,17 @@ impl Http {
     /// Sends a request (retrying 429, 5xx and transport errors) and reads the whole body.
     /// Any final status is returned as it is; callers decide what is an error.
     pub async fn fetch(&self, request: Request) -> Result<Fetched, HttpError> {
+        self.send_and_read(&request, retry_clone(&request)).await
+    }
+
+    /// [`Http::send`] what `make` builds, reading the whole body of the answer.
+    async fn send_and_read<M, MFut>(&self, request: &Request, make: M) -> Result<Fetched, HttpError>
+    where
+        M: FnMut() -> MFut,
+        MFut: std::future::Future<Output = Result<Request, HttpError>>,
+    {
         let (head, body) = self
-            .send(&request, retry_clone(&request), |resp| async move {
+            .send(request, make, |resp| async move {
                 resp.bytes().await.map_err(BodyError::Http)
             })
             .await?;
@@ -520,17 +529,7 @@ impl Http {
             *request.timeout_mut() = Some(limit);
             Ok(request)
         };
-        let (head, body) = self
-            .send(&request, make, |resp| async move {
-                resp.bytes().await.map_err(BodyError::Http)
-            })
-            .await?;
-        Ok(Fetched {
-            url: head.url,
-            status: head.status,
-            headers: head.headers,
-            body,
-        })
+        self.send_and_read(&request, make).await
     }
 
     /// The retry loop of [`Http::fetch`], [`Http::download`] and [`Http::upload`]: sends

@@ -463,13 +463,7 @@ fn run_suites(
         || {
             let m = start_mirror()?;
             let sources = store::Sources {
-                registries: m
-                    .registry_overrides()
-                    .iter()
-                    .map(|r| {
-                        artifacts_gen::cli::parse_registry_override(r).map_err(anyhow::Error::msg)
-                    })
-                    .collect::<anyhow::Result<_>>()?,
+                registries: store::parse_overrides(&m.registry_overrides())?,
                 credentials: None,
                 github_api: reqwest::Url::parse(&format!("{}/", m.github.base_url()))?,
                 github_token: None,
@@ -756,10 +750,7 @@ fn nightly(root: &Path, args: NightlyArgs) -> anyhow::Result<()> {
         }
     }
     let sources = store::Sources {
-        registries: registries
-            .iter()
-            .map(|r| artifacts_gen::cli::parse_registry_override(r).map_err(anyhow::Error::msg))
-            .collect::<anyhow::Result<_>>()?,
+        registries: store::parse_overrides(&registries)?,
         credentials: artifacts_gen::cli::registry_credentials()?,
         github_api: reqwest::Url::parse(github_api.as_deref().unwrap_or(release::GITHUB_API))
             .context("the GitHub API URL")?,

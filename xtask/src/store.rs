@@ -36,6 +36,14 @@ pub struct Sources {
     pub os_image_base: Option<String>,
 }
 
+/// The registry overrides of `HOST=URL` items (`--registry`).
+pub fn parse_overrides(items: &[String]) -> anyhow::Result<BTreeMap<String, Url>> {
+    items
+        .iter()
+        .map(|item| artifacts_gen::cli::parse_registry_override(item).map_err(anyhow::Error::msg))
+        .collect()
+}
+
 /// What bringing the candidate in did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {

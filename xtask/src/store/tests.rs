@@ -98,12 +98,7 @@ impl Upstream {
     fn sources(&self) -> Sources {
         let (username, password) = self.upstream.credentials();
         Sources {
-            registries: self
-                .upstream
-                .registry_overrides()
-                .iter()
-                .map(|r| artifacts_gen::cli::parse_registry_override(r).unwrap())
-                .collect(),
+            registries: parse_overrides(&self.upstream.registry_overrides()).unwrap(),
             credentials: Some(Credentials {
                 username: username.to_owned(),
                 password: Secret::new(password),
