@@ -266,13 +266,15 @@ impl Resolver {
             .endpoints
             .os_image_base
             .as_deref()
-            .unwrap_or(&spec.base_url)
-            .replace("{channel}", &spec.channel);
+            .unwrap_or(&spec.base_url);
         let digests_url = |file: &str| {
-            let path = format!("{}.DIGESTS", artifacts::OsImage::file_path(&version, file));
-            Url::parse(&base).and_then(|b| b.join(&path)).map_err(|e| {
+            let url = format!(
+                "{}.DIGESTS",
+                artifacts::OsImage::file_url(base, &spec.channel, &version, file)
+            );
+            Url::parse(&url).map_err(|e| {
                 err(SourceError::Feed(FeedError::BadUrl {
-                    url: format!("{base}{path}"),
+                    url,
                     message: e.to_string(),
                 }))
             })

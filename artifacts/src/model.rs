@@ -156,10 +156,12 @@ impl OsImage {
     pub const KERNEL_FILE: &'static str = "flatcar_production_pxe.vmlinuz";
     /// The file name of the PXE initrd in a release's directory.
     pub const INITRD_FILE: &'static str = "flatcar_production_pxe_image.cpio.gz";
-    /// Where a file of a release is, relative to the feed's file base URL (the one with the
-    /// channel filled in), e.g. `amd64-usr/4152.2.1/flatcar_production_pxe.vmlinuz`.
-    pub fn file_path(version: &str, file: &str) -> String {
-        format!("amd64-usr/{version}/{file}")
+    /// The URL of `file` of a release: `<base>amd64-usr/<version>/<file>`, where `base` is the
+    /// feed's file base URL with `{channel}` replaced by `channel` (e.g.
+    /// `https://{channel}.release.flatcar-linux.net/`).
+    pub fn file_url(base_template: &str, channel: &str, version: &str, file: &str) -> String {
+        let base = base_template.replace("{channel}", channel);
+        format!("{base}amd64-usr/{version}/{file}")
     }
 
     /// The kernel and the initrd, with their checksums.

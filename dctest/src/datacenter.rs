@@ -715,6 +715,14 @@ fn wait_daemons(server: &BootServer) -> Result<()> {
 /// assets of their releases, the OS files as the feed's files of the pinned version.
 fn serve_store(mirror: &Mirror, store: &Store) -> Result<()> {
     let candidate = store.candidate()?;
+    let os = &candidate.os;
+    if os.channel != mirror.feed.channel() {
+        return Err(Error::InvalidArgument(format!(
+            "the store's OS image is of channel {:?}, the feed serves {:?}",
+            os.channel,
+            mirror.feed.channel()
+        )));
+    }
     for image in &candidate.images {
         mirror
             .registry
@@ -735,14 +743,6 @@ fn serve_store(mirror: &Mirror, store: &Store) -> Result<()> {
             &deb.github,
             ReleaseSpec::new(&deb.release).asset(AssetSpec::new(&deb.asset, content, true)),
         );
-    }
-    let os = &candidate.os;
-    if os.channel != mirror.feed.channel() {
-        return Err(Error::InvalidArgument(format!(
-            "the store's OS image is of channel {:?}, the feed serves {:?}",
-            os.channel,
-            mirror.feed.channel()
-        )));
     }
     mirror.feed.add_files(
         &os.version,

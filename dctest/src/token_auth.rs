@@ -94,7 +94,7 @@ pub(crate) fn basic_challenge(message: &str) -> Response {
 }
 
 /// Who may pull what.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TokenPolicy {
     /// The registry's `auth.token.service`, the tokens' `aud`.
     pub service: String,
@@ -102,6 +102,16 @@ pub struct TokenPolicy {
     pub password: String,
     /// Repositories (as the registry names them, `cybozu/setup-hw`) only `user` may pull.
     pub private: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for TokenPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenPolicy")
+            .field("service", &self.service)
+            .field("user", &self.user)
+            .field("private", &self.private)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A running token server; stopped when dropped.

@@ -402,7 +402,8 @@ impl Http {
     /// Sends a request (retrying 429, 5xx and transport errors) and reads the whole body.
     /// Any final status is returned as it is; callers decide what is an error.
     pub async fn fetch(&self, request: Request) -> Result<Fetched, HttpError> {
-        self.send_and_read(&request, retry_clone(&request)).await
+        self.send_and_read(&request, retry_clone(self, &request))
+            .await
     }
 
     /// [`Http::send`] what `make` builds, reading the whole body of the answer.
@@ -452,35 +453,39 @@ impl Http {
         *request.timeout_mut() = Some(DOWNLOAD_LIMIT);
         let method = request.method().to_string();
         let (head, body) = self
-            .send(&request, retry_clone(&request), |mut resp| async move {
-                if !resp.status().is_success() {
-                    let bytes = resp.bytes().await.map_err(BodyError::Http)?;
-                    return Ok(DownloadBody::Failed(bytes));
-                }
-                let file = tempfile::NamedTempFile::new_in(dir).map_err(BodyError::Io)?;
-                let (std_file, path) = file.into_parts();
-                let mut out = tokio::fs::File::from_std(std_file);
-                let mut hasher = Hasher::new(checksum);
-                let mut len = 0u64;
-                loop {
-                    let chunk = match tokio::time::timeout(idle, resp.chunk()).await {
-                        Err(_) => return Err(BodyError::Idle(idle)),
-                        Ok(chunk) => chunk.map_err(BodyError::Http)?,
-                    };
-                    let Some(chunk) = chunk else { break };
-                    hasher.update(&chunk);
-                    len += u64::try_from(chunk.len()).unwrap_or(u64::MAX);
-                    out.write_all(&chunk).await.map_err(BodyError::Io)?;
-                }
-                out.flush().await.map_err(BodyError::Io)?;
-                out.sync_all().await.map_err(BodyError::Io)?;
-                let std_file = out.into_std().await;
-                Ok(DownloadBody::File {
-                    file: tempfile::NamedTempFile::from_parts(std_file, path),
-                    len,
-                    digest: hasher.finish(),
-                })
-            })
+            .send(
+                &request,
+                retry_clone(self, &request),
+                |mut resp| async move {
+                    if !resp.status().is_success() {
+                        let bytes = resp.bytes().await.map_err(BodyError::Http)?;
+                        return Ok(DownloadBody::Failed(bytes));
+                    }
+                    let file = tempfile::NamedTempFile::new_in(dir).map_err(BodyError::Io)?;
+                    let (std_file, path) = file.into_parts();
+                    let mut out = tokio::fs::File::from_std(std_file);
+                    let mut hasher = Hasher::new(checksum);
+                    let mut len = 0u64;
+                    loop {
+                        let chunk = match tokio::time::timeout(idle, resp.chunk()).await {
+                            Err(_) => return Err(BodyError::Idle(idle)),
+                            Ok(chunk) => chunk.map_err(BodyError::Http)?,
+                        };
+                        let Some(chunk) = chunk else { break };
+                        hasher.update(&chunk);
+                        len += u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+                        out.write_all(&chunk).await.map_err(BodyError::Io)?;
+                    }
+                    out.flush().await.map_err(BodyError::Io)?;
+                    out.sync_all().await.map_err(BodyError::Io)?;
+                    let std_file = out.into_std().await;
+                    Ok(DownloadBody::File {
+                        file: tempfile::NamedTempFile::from_parts(std_file, path),
+                        len,
+                        digest: hasher.finish(),
+                    })
+                },
+            )
             .await?;
         match body {
             DownloadBody::File { file, len, digest } => Ok(Downloaded {
@@ -518,7 +523,7 @@ impl Http {
         };
         let len = tokio::fs::metadata(path).await.map_err(file_error)?.len();
         let limit = Duration::from_secs(60 + len / UPLOAD_MIN_RATE);
-        let template = retry_clone(&request);
+        let template = retry_clone(self, &request);
         let make = || async {
             let mut request = template().await?;
             let file = tokio::fs::File::open(path).await.map_err(file_error)?;
@@ -640,13 +645,14 @@ impl Http {
 /// What [`Http::send`] sends for each attempt of a request with no body or a clonable one: a
 /// copy. A request with a streamed body cannot be copied; such a body goes through
 /// [`Http::upload`].
-fn retry_clone(
-    request: &Request,
-) -> impl Fn() -> std::future::Ready<Result<Request, HttpError>> + '_ {
+fn retry_clone<'a>(
+    http: &'a Http,
+    request: &'a Request,
+) -> impl Fn() -> std::future::Ready<Result<Request, HttpError>> + 'a {
     move || {
         std::future::ready(request.try_clone().ok_or_else(|| HttpError::Transport {
             method: request.method().to_string(),
-            url: request.url().to_string(),
+            url: http.shown(request.url()),
             message: "a streamed request body cannot be retried".into(),
         }))
     }

@@ -103,7 +103,8 @@ pub enum Platforms {
     /// The linux/amd64 manifest only: what a boot server runs.
     LinuxAmd64,
     /// Every manifest the index lists: a copy that a registry accepts again as it is (a
-    /// registry refuses an index whose manifests it does not have).
+    /// registry refuses an index whose manifests it does not have). The index must still have
+    /// a linux/amd64 manifest: what a boot server cannot run is refused at the copy.
     All,
 }
 
@@ -287,7 +288,7 @@ async fn copy(
     Ok(copier.report)
 }
 
-/// Whether `layout` holds `image` as a copy leaves it: `index.json` lists the pinned digest
+/// Whether `layout` holds `image` as a [`copy_image`] ([`Platforms::LinuxAmd64`]) leaves it: `index.json` lists the pinned digest
 /// under the image's repository and tag, the manifests hash to their digests, and every blob
 /// they refer to (for an index, those of its linux/amd64 manifest) is there with the size its
 /// descriptor gives. Layers are not hashed: that is [`copy_image`]'s work, which makes no

@@ -35,16 +35,21 @@ pub enum ContentsError {
     Sabakan { url: String, message: String },
     #[error("OS image {version}: {message}")]
     OsImage { version: String, message: String },
+    /// This server's own files (the deb cache, the work directory) failed it: nothing is
+    /// wrong with the contents, so the failure is not recorded for the others.
+    #[error("{path}: {message}")]
+    Local { path: String, message: String },
     #[error("the sabakan contents of {version} failed on a preceding worker; fix the cause and run `neco recover`")]
     FailedBefore { version: String },
 }
 
 impl ContentsError {
-    /// Whether the error may go away by itself: sabakan restarting (a refused connection) or
-    /// busy (5xx, 429, 408), the network, etcd. Such a failure is not recorded in
-    /// `contents/sabakan`, so the other workers do not inherit it.
+    /// Whether the error may go away by itself or is this server's own: sabakan restarting (a
+    /// refused connection) or busy (5xx, 429, 408), the network, etcd, a local file. Such a
+    /// failure is not recorded in `contents/sabakan`, so the other workers do not inherit it.
     pub fn is_transient(&self) -> bool {
         match self {
+            Self::Http(HttpError::File { .. }) | Self::Local { .. } => true,
             Self::Http(e) => e.is_transient(),
             Self::Storage(_) => true,
             Self::Sabakan { .. } | Self::OsImage { .. } | Self::FailedBefore { .. } => false,
@@ -229,7 +234,8 @@ pub fn image_archive(
 }
 
 /// Uploads what the sabakan index lacks. The OS image's files are downloaded into temporary
-/// files in the contents' `work_dir` (created when missing), removed afterwards.
+/// files in the contents' `work_dir` (created when missing, emptied first), removed
+/// afterwards.
 pub async fn upload_missing(
     sabakan: &Sabakan<'_>,
     http: &Http,
@@ -242,9 +248,16 @@ pub async fn upload_missing(
             version: contents.os_version.clone(),
             message,
         };
-        tokio::fs::create_dir_all(work_dir)
-            .await
-            .map_err(|e| failed(format!("{}: {e}", work_dir.display())))?;
+        let local = |e: std::io::Error| ContentsError::Local {
+            path: work_dir.display().to_string(),
+            message: e.to_string(),
+        };
+        tokio::fs::create_dir_all(work_dir).await.map_err(local)?;
+        // What an upload interrupted by a restart left behind (only the leader writes here).
+        let mut entries = tokio::fs::read_dir(work_dir).await.map_err(local)?;
+        while let Some(entry) = entries.next_entry().await.map_err(local)? {
+            tokio::fs::remove_file(entry.path()).await.map_err(local)?;
+        }
         // Verified before anything is uploaded: sabakan netboots every machine with them.
         let download = |file: OsFile| async move {
             let request = http
@@ -271,12 +284,7 @@ pub async fn upload_missing(
         })
         .await
         .map_err(|e| failed(format!("building the image archive: {e}")))?
-        .map_err(|e| {
-            failed(format!(
-                "building the image archive in {}: {e}",
-                work_dir.display()
-            ))
-        })?;
+        .map_err(local)?;
         sabakan
             .put_image(&contents.os_version, archive.path())
             .await?;

@@ -249,14 +249,15 @@ impl StepContext<'_> {
     async fn sabakan_contents(&self, version: &str) -> Result<(), StepError> {
         let step = Step::SabakanContents;
         let os = &artifacts::OS_IMAGE;
-        let base = self
-            .sources
-            .os_image_base
-            .replace("{channel}", os.channel.as_str());
         let file = |(name, sha512): (&str, artifacts::FileDigest)| {
-            let path = artifacts::OsImage::file_path(os.version.as_str(), name);
-            let url = reqwest::Url::parse(&format!("{base}{path}"))
-                .map_err(|e| Self::fail(step, format!("OS image URL {base}{path}: {e}")))?;
+            let text = artifacts::OsImage::file_url(
+                &self.sources.os_image_base,
+                os.channel.as_str(),
+                os.version.as_str(),
+                name,
+            );
+            let url = reqwest::Url::parse(&text)
+                .map_err(|e| Self::fail(step, format!("OS image URL {text}: {e}")))?;
             Ok::<_, StepError>(OsFile {
                 url,
                 sha512: sha512.as_str().to_owned(),

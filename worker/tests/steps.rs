@@ -702,6 +702,46 @@ async fn step4_records_a_refused_upload_so_the_others_do_not_repeat_it() {
     );
 }
 
+/// A server whose deb cache lacks an asset (its own trouble, not the contents'): the step
+/// fails naming the file, and nothing is recorded, so the next worker uploads.
+#[tokio::test]
+async fn step4_does_not_record_a_failure_of_the_servers_own_files() {
+    let etcd = EtcdCluster::single().expect("start etcd");
+    let os = &artifacts::OS_IMAGE;
+    let feed = FeedServer::start(os.channel.as_str(), &[os.version.as_str()]).unwrap();
+    let sabakan = SabakanStandIn::start().unwrap();
+    let deb = pinned_deb();
+    let github = github_with(deb.clone());
+    let env = Env::new(
+        connect(&etcd).await,
+        &github.base_url(),
+        sources(&dead_url(), &sabakan.base_url(), &feed.base_url()),
+    );
+    let (first, second) = (Server::new(0), Server::new(1));
+    let e = env
+        .ctx(&first)
+        .run(Step::SabakanContents, V)
+        .await
+        .unwrap_err();
+    assert!(
+        e.message
+            .contains(&first.cached_deb().display().to_string()),
+        "{e}"
+    );
+    assert_eq!(env.storage.contents_status("sabakan").await.unwrap(), None);
+    // The next worker, with its cache filled by step 2, uploads everything.
+    env.ctx(&second).run(Step::InstallDebs, V).await.unwrap();
+    env.ctx(&second)
+        .run(Step::SabakanContents, V)
+        .await
+        .unwrap();
+    assert_eq!(sabakan.assets().len(), 1);
+    assert_eq!(
+        env.storage.contents_status("sabakan").await.unwrap(),
+        recorded(true)
+    );
+}
+
 /// A kernel whose bytes are not those the pinned sha512 names (from the feed's `.DIGESTS`)
 /// aborts the step, naming the file; sabakan is given nothing, and the failure is recorded.
 #[tokio::test]

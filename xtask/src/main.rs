@@ -446,7 +446,8 @@ struct SuiteRun {
 /// Runs dctest suites against a package, one after the other, every one even when an earlier
 /// one failed, and records each in `steps` (its summary prints the suite table). When any
 /// failed, prints the summary and fails, naming them.
-/// Runs the suites on a data center serving a store, as the nightly does: the release pins
+///
+/// The data center serves a store, as in the nightly: the release pins
 /// are first brought into the store from a local mirror, as the nightly brings a candidate
 /// in from upstream.
 fn run_suites(
@@ -817,16 +818,7 @@ fn simulated_upstream(root: &Path) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     ensure_packages(TEST_PACKAGES)?;
-    let upstream = dctest::upstream::Upstream::start(
-        &dctest::mirror::MirrorSeed::neco_2025()?,
-        dctest::upstream::UpstreamOptions {
-            private: vec!["ghcr.io/cybozu-go/setup-hw".to_owned()],
-            multi_platform: vec!["ghcr.io/cybozu/cilium".to_owned()],
-        },
-    )?;
-    let newer = upstream.push("ghcr.io/cybozu/etcd", "3.5.16.1")?;
-    // No neco release to upgrade from: the nightly upgrades the candidate to itself.
-    upstream.github.add_repo(&release::default_repository());
+    let (upstream, newer) = nightly_e2e::start_upstream()?;
     let env_file = deb::target_dir(root).join("simulated-upstream.env");
     let (user, password) = upstream.credentials();
     let mut file = std::fs::OpenOptions::new()
@@ -836,26 +828,25 @@ fn simulated_upstream(root: &Path) -> anyhow::Result<()> {
         .mode(0o600)
         .open(&env_file)
         .with_context(|| format!("writing {}", env_file.display()))?;
+    // `mode` applies to a new file only.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("writing {}", env_file.display()))?;
     writeln!(
         file,
         "NECO_REGISTRY_USERNAME={user}\nNECO_REGISTRY_PASSWORD={password}"
     )
     .with_context(|| format!("writing {}", env_file.display()))?;
-    let mut flags = Vec::new();
-    for o in upstream.registry_overrides() {
-        flags.push(format!("--registry {o}"));
-    }
-    flags.push(format!("--github-api {}/", upstream.github.base_url()));
-    flags.push(format!("--os-feed {}", upstream.feed.feed_url()));
-    flags.push(format!(
-        "--os-image-base '{}'",
-        upstream.feed.file_base_template()
-    ));
+    let flags: Vec<String> = nightly_e2e::endpoint_args(&upstream)
+        .chunks(2)
+        .map(|pair| format!("{} '{}'", pair[0], pair.get(1).map_or("", String::as_str)))
+        .collect();
     println!(
-        "simulated upstream running (ghcr.io/cybozu/etcd:3.5.16.1 is new upstream: {newer})\n\
+        "simulated upstream running ({}:{} is new upstream: {newer})\n\
          credentials: set -a; . {}; set +a\n\
          cargo xtask nightly --remote REMOTE {}\n\
          interrupt (Ctrl-C, SIGTERM) to stop",
+        nightly_e2e::NEW_IMAGE.0,
+        nightly_e2e::NEW_IMAGE.1,
         env_file.display(),
         flags.join(" ")
     );
@@ -888,6 +879,8 @@ fn dctest(root: &Path, suite: Option<&str>) -> anyhow::Result<()> {
 
 fn ci(root: &Path) -> anyhow::Result<()> {
     let cargo = cargo();
+    // The last step runs `cargo xtask nightly` in this checkout: say so now, not after the rest.
+    nightly_e2e::require_clean(root)?;
     let mut steps = Steps::new();
     steps.plan_suites(&SUITES);
     steps.step("Debian packages", || ensure_packages(TEST_PACKAGES))?;

@@ -26,7 +26,7 @@ const E2E_REMOTE: &str = "dctest-e2e";
 /// The release branch of the run (never the checkout's own `release`).
 const E2E_RELEASE: &str = "dctest-e2e-release";
 /// The image whose tag is new upstream, and the tag.
-const NEW_IMAGE: (&str, &str) = ("ghcr.io/cybozu/etcd", "3.5.16.1");
+pub const NEW_IMAGE: (&str, &str) = ("ghcr.io/cybozu/etcd", "3.5.16.1");
 /// The image whose blob is broken in the first run.
 const BROKEN_IMAGE: (&str, &str) = ("ghcr.io/cybozu/vault", "1.18.1.1");
 
@@ -82,15 +82,10 @@ fn git_ok(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-/// Runs both nightlies; fails naming what was wrong.
-pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
-    let changes = git_ok(root, &["status", "--porcelain"])?;
-    if !changes.is_empty() {
-        bail!(
-            "the nightly end to end runs `cargo xtask nightly` in this checkout, which needs a \
-             clean work tree (CI runs on a clean clone); commit or stash:\n{changes}"
-        );
-    }
+/// The simulated upstream of the nightly: the mirror's seed, `setup-hw` private, `cilium` a
+/// multi-platform index, [`NEW_IMAGE`] pushed besides (its digest is returned), and neco's
+/// repository without a release (the candidate is upgraded to itself).
+pub fn start_upstream() -> anyhow::Result<(Upstream, String)> {
     let upstream = Upstream::start(
         &MirrorSeed::neco_2025()?,
         UpstreamOptions {
@@ -99,10 +94,45 @@ pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
         },
     )?;
     let new_digest = upstream.push(NEW_IMAGE.0, NEW_IMAGE.1)?;
-    // No neco release to upgrade from: the candidate is upgraded to itself.
     upstream
         .github
         .add_repo(&crate::release::default_repository());
+    Ok((upstream, new_digest))
+}
+
+/// The nightly's endpoint flags for `upstream`, as flag and value pairs.
+pub fn endpoint_args(upstream: &Upstream) -> Vec<String> {
+    let mut args = Vec::new();
+    for o in upstream.registry_overrides() {
+        args.extend(["--registry".to_owned(), o]);
+    }
+    args.extend([
+        "--github-api".to_owned(),
+        format!("{}/", upstream.github.base_url()),
+        "--os-feed".to_owned(),
+        upstream.feed.feed_url(),
+        "--os-image-base".to_owned(),
+        upstream.feed.file_base_template(),
+    ]);
+    args
+}
+
+/// Fails unless the work tree at `root` is clean, naming what is not.
+pub fn require_clean(root: &Path) -> anyhow::Result<()> {
+    let changes = git_ok(root, &["status", "--porcelain"])?;
+    if !changes.is_empty() {
+        bail!(
+            "the nightly end to end runs `cargo xtask nightly` in this checkout, which needs a \
+             clean work tree (CI runs on a clean clone); commit or stash:\n{changes}"
+        );
+    }
+    Ok(())
+}
+
+/// Runs both nightlies; fails naming what was wrong.
+pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
+    require_clean(root)?;
+    let (upstream, new_digest) = start_upstream()?;
 
     let work = tempfile::Builder::new()
         .prefix("nightly-e2e-")
@@ -200,17 +230,7 @@ fn nightly(
         "--store".to_owned(),
         path_text(store),
     ];
-    for o in upstream.registry_overrides() {
-        args.extend(["--registry".to_owned(), o]);
-    }
-    args.extend([
-        "--github-api".to_owned(),
-        format!("{}/", upstream.github.base_url()),
-        "--os-feed".to_owned(),
-        upstream.feed.feed_url(),
-        "--os-image-base".to_owned(),
-        upstream.feed.file_base_template(),
-    ]);
+    args.extend(endpoint_args(upstream));
     let (user, password) = upstream.credentials();
     eprintln!(
         "$ NECO_REGISTRY_USERNAME={user} NECO_REGISTRY_PASSWORD=<set> cargo {}",

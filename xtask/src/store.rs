@@ -31,8 +31,9 @@ pub struct Sources {
     pub credentials: Option<Credentials>,
     pub github_api: Url,
     pub github_token: Option<Secret>,
-    /// The OS image's file base URL, `{channel}` to be filled in (`None`: the `base_url` of
-    /// the candidate's `artifacts.toml`).
+    /// The OS image's file base URL, `{channel}` to be filled in. [`bring_in`] needs it; the
+    /// nightly leaves it `None` without `--os-image-base` and fills in the `base_url` of the
+    /// candidate's `artifacts.toml`.
     pub os_image_base: Option<String>,
 }
 
@@ -210,8 +211,7 @@ async fn bring_in_async(
     let base = sources
         .os_image_base
         .as_deref()
-        .context("no base URL of the OS image's files")?
-        .replace("{channel}", &os.channel);
+        .context("no base URL of the OS image's files")?;
     for (file, sha512) in [
         (artifacts::OsImage::KERNEL_FILE, &os.kernel_sha512),
         (artifacts::OsImage::INITRD_FILE, &os.initrd_sha512),
@@ -221,7 +221,7 @@ async fn bring_in_async(
             report.reused += 1;
             continue;
         }
-        let url = format!("{base}{}", artifacts::OsImage::file_path(&os.version, file));
+        let url = artifacts::OsImage::file_url(base, &os.channel, &os.version, file);
         let what = format!("OS image {} {} {file}", os.channel, os.version);
         let parsed = Url::parse(&url).with_context(|| format!("{what}: URL {url}"))?;
         let dir = parent(&path)?;
