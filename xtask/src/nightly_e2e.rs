@@ -8,7 +8,8 @@
 //!    build, naming the image, and pushes nothing (a fresh store, so nothing is reused).
 //! 2. The blob repaired: the candidate pins the new tag with upstream's digest, the release
 //!    profile of dctest passes on a data center serving upstream's bytes from the store, and
-//!    the remote gets the candidate commit on its release branch and the `test-` tag.
+//!    the remote gets the candidate commit (merging main into the old release branch) on its
+//!    release branch and the `test-` tag.
 //!
 //! It runs the real command in this checkout (the candidate's release build then reuses the
 //! build of the checkout), so the work tree must be clean. The checkout gets a remote, a
@@ -152,6 +153,18 @@ pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
         root,
         &["push", "--quiet", E2E_REMOTE, "HEAD:refs/heads/main"],
     )?;
+    // The remote's release branch is one commit behind main: the nightly merges main into it.
+    let release_before = git_ok(root, &["rev-parse", "HEAD~1"])?;
+    let main = git_ok(root, &["rev-parse", "HEAD"])?;
+    git_ok(
+        root,
+        &[
+            "push",
+            "--quiet",
+            E2E_REMOTE,
+            &format!("HEAD~1:refs/heads/{E2E_RELEASE}"),
+        ],
+    )?;
 
     // 1. A broken blob upstream: nothing is built or pushed.
     let blob = config_file(&upstream, BROKEN_IMAGE.0, BROKEN_IMAGE.1)?;
@@ -166,9 +179,13 @@ pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
     if ok || !output.contains(&image) || output.contains("==> release build") {
         bail!("with a broken blob of {image} upstream, the nightly should have failed naming it before any build:\n{output}");
     }
-    let pushed = git_ok(&remote, &["for-each-ref", "--format=%(refname)"])?;
-    if pushed.lines().any(|r| r != "refs/heads/main") {
-        bail!("the failed nightly pushed:\n{pushed}");
+    let pushed = git_ok(
+        &remote,
+        &["for-each-ref", "--format=%(refname) %(objectname)"],
+    )?;
+    let expected = format!("refs/heads/{E2E_RELEASE} {release_before}\nrefs/heads/main {main}");
+    if pushed != expected {
+        bail!("the failed nightly pushed; the remote has:\n{pushed}");
     }
     eprintln!("the nightly with a broken upstream blob failed naming {image}, pushed nothing");
 
@@ -188,6 +205,15 @@ pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
     )?;
     if tagged != release {
         bail!("{tag} names {tagged}, the remote's {E2E_RELEASE} {release}");
+    }
+    // The candidate commit merges main into the old release branch.
+    let parents = git_ok(&remote, &["rev-list", "--parents", "-n", "1", &release])?;
+    let parents: Vec<&str> = parents.split_whitespace().skip(1).collect();
+    if parents != [release_before.as_str(), main.as_str()] {
+        bail!(
+            "the candidate {release} has the parents {parents:?}, expected the old \
+             {E2E_RELEASE} {release_before} and main {main}"
+        );
     }
     let pins = git_ok(
         &remote,
