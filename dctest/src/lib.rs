@@ -68,5 +68,5 @@ pub use registry_standin::{Auth, Fault, RegistryStandIn, RegistryStandInConfig};
 pub use sabakan::SabakanStandIn;
 pub use service_elf::service_port;
 pub use service_image::{write_oci_layout, ImageBlobs};
-pub use util::{basic_authorization, sha256_digest, target_dir};
+pub use util::{basic_authorization, sha256_digest, sha512_digest, target_dir};
 pub use webhook::{Notification, WebhookSink};

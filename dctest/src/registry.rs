@@ -356,9 +356,8 @@ impl Registry {
                 self.upload_blob(repository, &store.blob(blob)?, blob)?;
             }
         }
-        let document: serde_json::Value = serde_json::from_slice(&bytes)?;
-        let media_type = match document.get("mediaType").and_then(|m| m.as_str()) {
-            Some(media_type) => media_type.to_owned(),
+        let media_type = match refs.media_type {
+            Some(media_type) => media_type,
             None if !refs.manifests.is_empty() => OCI_INDEX.to_owned(),
             None => OCI_MANIFEST.to_owned(),
         };

@@ -26,7 +26,6 @@
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::Digest as _;
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -265,6 +264,8 @@ impl Store {
 /// What a manifest or index refers to.
 #[derive(Debug, Default)]
 pub struct References {
+    /// The document's `mediaType`, when it names one.
+    pub media_type: Option<String>,
     /// The manifests of an index.
     pub manifests: Vec<String>,
     /// The config and layers of an image manifest.
@@ -292,6 +293,10 @@ pub fn references(bytes: &[u8]) -> References {
     let mut blobs = digests("config");
     blobs.extend(digests("layers"));
     References {
+        media_type: document
+            .get("mediaType")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
         manifests: digests("manifests"),
         blobs,
     }
@@ -318,7 +323,7 @@ fn hex_of<'a>(digest: &'a str, prefix: &str, len: usize) -> Result<&'a str> {
 fn read_checked(path: &Path, digest: &str) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).map_err(Error::io(format!("reading {}", path.display())))?;
     let got = if digest.starts_with("sha512:") {
-        format!("sha512:{}", hex::encode(sha2::Sha512::digest(&bytes)))
+        crate::sha512_digest(&bytes)
     } else {
         crate::sha256_digest(&bytes)
     };

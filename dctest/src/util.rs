@@ -40,6 +40,11 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// `sha512:<hex>` of `bytes` (the form of OS image checksums).
+pub fn sha512_digest(bytes: &[u8]) -> String {
+    format!("sha512:{}", hex::encode(sha2::Sha512::digest(bytes)))
+}
+
 /// Returns the value of an `Authorization` header for HTTP basic auth.
 pub fn basic_authorization(user: &str, password: &str) -> String {
     format!(

@@ -10,7 +10,6 @@ mod common;
 
 use common::{Pins, SUCCEEDED};
 use serde_json::Value;
-use sha2::Digest as _;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -148,9 +147,14 @@ fn bootstrap() {
         vec![pins.os_version.as_str()]
     );
     // The bytes the pins name: the feed's `.DIGESTS` as artifacts-gen recorded them.
-    let sha512 = |bytes: &[u8]| format!("sha512:{}", hex::encode(sha2::Sha512::digest(bytes)));
-    assert_eq!(sha512(&images[0].kernel), pins.os_kernel_sha512);
-    assert_eq!(sha512(&images[0].initrd), pins.os_initrd_sha512);
+    assert_eq!(
+        dctest::sha512_digest(&images[0].kernel),
+        pins.os_kernel_sha512
+    );
+    assert_eq!(
+        dctest::sha512_digest(&images[0].initrd),
+        pins.os_initrd_sha512
+    );
     let assets = dc.sabakan.assets();
     for deb in &pins.debs {
         let asset = assets

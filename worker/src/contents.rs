@@ -49,8 +49,8 @@ impl ContentsError {
     /// failure is not recorded in `contents/sabakan`, so the other workers do not inherit it.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Http(HttpError::File { .. }) | Self::Local { .. } => true,
             Self::Http(e) => e.is_transient(),
+            Self::Local { .. } => true,
             Self::Storage(_) => true,
             Self::Sabakan { .. } | Self::OsImage { .. } | Self::FailedBefore { .. } => false,
         }
@@ -148,7 +148,12 @@ impl Sabakan<'_> {
             message: e.to_string(),
         })?;
         let method = request.method().to_string();
-        require_success(&method, self.http.upload(request, path).await?)?;
+        let sent = self.http.upload(request, path).await.map_err(|e| match e {
+            // This server's file, not sabakan's answer.
+            HttpError::File { path, message } => ContentsError::Local { path, message },
+            other => ContentsError::Http(other),
+        })?;
+        require_success(&method, sent)?;
         Ok(())
     }
 

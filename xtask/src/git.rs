@@ -328,33 +328,39 @@ pub fn short(oid: Oid) -> String {
     oid.to_string().chars().take(12).collect()
 }
 
-/// Test support: runs the `git` command in `dir` with a fixed identity and returns its
-/// standard output; panics with its output when it fails.
-#[cfg(test)]
-pub fn run_git(dir: &Path, args: &[&str]) -> String {
+/// Runs the `git` command in `dir` and returns its standard output, trimmed; a failure names
+/// the command and what git said.
+pub fn git_output(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     let output = std::process::Command::new("git")
-        .args([
-            "-c",
-            "user.name=dev",
-            "-c",
-            "user.email=dev@example.invalid",
-        ])
-        .args([
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "advice.detachedHead=false",
-        ])
         .args(args)
         .current_dir(dir)
         .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "git {args:?} in {}: {}{}",
-        dir.display(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        .with_context(|| format!("cannot run git {}", args.join(" ")))?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "git {} in {}: {}{}",
+            args.join(" "),
+            dir.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// Test support: [`git_output`] with a fixed identity; panics with git's output when it fails.
+#[cfg(test)]
+pub fn run_git(dir: &Path, args: &[&str]) -> String {
+    let mut all = vec![
+        "-c",
+        "user.name=dev",
+        "-c",
+        "user.email=dev@example.invalid",
+        "-c",
+        "init.defaultBranch=main",
+        "-c",
+        "advice.detachedHead=false",
+    ];
+    all.extend_from_slice(args);
+    git_output(dir, &all).unwrap_or_else(|e| panic!("{e:#}"))
 }

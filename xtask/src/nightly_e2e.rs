@@ -16,6 +16,7 @@
 //! branch and a tag of its own for the run ([`E2E_REMOTE`], [`E2E_RELEASE`], the new `test-`
 //! tag); they are removed afterwards, also when the run fails.
 
+use crate::git::git_output;
 use anyhow::{bail, Context as _};
 use dctest::mirror::MirrorSeed;
 use dctest::upstream::{Upstream, UpstreamOptions};
@@ -39,48 +40,22 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let git = |args: &[&str]| {
-            let _ = Command::new("git")
-                .args(args)
-                .current_dir(&self.root)
-                .output();
-        };
-        git(&["remote", "remove", E2E_REMOTE]);
-        git(&["branch", "-D", E2E_RELEASE]);
+        // Each may have nothing to remove: the run may have stopped before adding it.
+        let _ = git_output(&self.root, &["remote", "remove", E2E_REMOTE]);
+        let _ = git_output(&self.root, &["branch", "-D", E2E_RELEASE]);
         for tag in tags(&self.root).unwrap_or_default() {
             if !self.tags_before.contains(&tag) {
-                git(&["tag", "-d", &tag]);
+                let _ = git_output(&self.root, &["tag", "-d", &tag]);
             }
         }
     }
 }
 
 fn tags(root: &Path) -> anyhow::Result<Vec<String>> {
-    let output = Command::new("git")
-        .args(["tag", "--list"])
-        .current_dir(root)
-        .output()
-        .context("cannot run git tag")?;
-    Ok(String::from_utf8_lossy(&output.stdout)
+    Ok(git_output(root, &["tag", "--list"])?
         .lines()
         .map(str::to_owned)
         .collect())
-}
-
-fn git_ok(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .with_context(|| format!("cannot run git {}", args.join(" ")))?;
-    if !output.status.success() {
-        bail!(
-            "git {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 /// The simulated upstream of the nightly: the mirror's seed, `setup-hw` private, `cilium` a
@@ -120,7 +95,7 @@ pub fn endpoint_args(upstream: &Upstream) -> Vec<String> {
 
 /// Fails unless the work tree at `root` is clean, naming what is not.
 pub fn require_clean(root: &Path) -> anyhow::Result<()> {
-    let changes = git_ok(root, &["status", "--porcelain"])?;
+    let changes = git_output(root, &["status", "--porcelain"])?;
     if !changes.is_empty() {
         bail!(
             "the nightly end to end runs `cargo xtask nightly` in this checkout, which needs a \
@@ -140,7 +115,7 @@ pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
         .tempdir_in(crate::deb::target_dir(root))
         .context("cannot create the directory of the remote")?;
     let remote = work.path().join("remote.git");
-    git_ok(
+    git_output(
         work.path(),
         &["init", "--quiet", "--bare", &path_text(&remote)],
     )?;
@@ -148,15 +123,15 @@ pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
         root: root.to_owned(),
         tags_before: tags(root)?,
     };
-    git_ok(root, &["remote", "add", E2E_REMOTE, &path_text(&remote)])?;
-    git_ok(
+    git_output(root, &["remote", "add", E2E_REMOTE, &path_text(&remote)])?;
+    git_output(
         root,
         &["push", "--quiet", E2E_REMOTE, "HEAD:refs/heads/main"],
     )?;
     // The remote's release branch is one commit behind main: the nightly merges main into it.
-    let release_before = git_ok(root, &["rev-parse", "HEAD~1"])?;
-    let main = git_ok(root, &["rev-parse", "HEAD"])?;
-    git_ok(
+    let release_before = git_output(root, &["rev-parse", "HEAD~1"])?;
+    let main = git_output(root, &["rev-parse", "HEAD"])?;
+    git_output(
         root,
         &[
             "push",
@@ -179,7 +154,7 @@ pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
     if ok || !output.contains(&image) || output.contains("==> release build") {
         bail!("with a broken blob of {image} upstream, the nightly should have failed naming it before any build:\n{output}");
     }
-    let pushed = git_ok(
+    let pushed = git_output(
         &remote,
         &["for-each-ref", "--format=%(refname) %(objectname)"],
     )?;
@@ -194,12 +169,12 @@ pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
     if !ok {
         bail!("the nightly against the simulated upstream failed:\n{output}");
     }
-    let tag = git_ok(&remote, &["tag", "--list", "test-*"])?;
+    let tag = git_output(&remote, &["tag", "--list", "test-*"])?;
     if tag.lines().count() != 1 {
         bail!("the remote has the tags {tag:?}, expected one test- tag");
     }
-    let tagged = git_ok(&remote, &["rev-parse", &format!("{tag}^{{commit}}")])?;
-    let release = git_ok(
+    let tagged = git_output(&remote, &["rev-parse", &format!("{tag}^{{commit}}")])?;
+    let release = git_output(
         &remote,
         &["rev-parse", &format!("refs/heads/{E2E_RELEASE}")],
     )?;
@@ -207,7 +182,7 @@ pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
         bail!("{tag} names {tagged}, the remote's {E2E_RELEASE} {release}");
     }
     // The candidate commit merges main into the old release branch.
-    let parents = git_ok(&remote, &["rev-list", "--parents", "-n", "1", &release])?;
+    let parents = git_output(&remote, &["rev-list", "--parents", "-n", "1", &release])?;
     let parents: Vec<&str> = parents.split_whitespace().skip(1).collect();
     if parents != [release_before.as_str(), main.as_str()] {
         bail!(
@@ -215,7 +190,7 @@ pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
              {E2E_RELEASE} {release_before} and main {main}"
         );
     }
-    let pins = git_ok(
+    let pins = git_output(
         &remote,
         &[
             "show",

@@ -136,12 +136,12 @@ async fn bring_in_async(
     let store = Store::new(dir);
     let candidate = candidate(pins);
     let mut report = Report::default();
-    for (image, pin) in candidate.images.iter().zip(&pins.images) {
+    for image in &pins.images {
         let source = ImageSource {
             repository: image.repository.clone(),
             tag: image.tag.clone(),
             digest: image.digest.clone(),
-            private: pin.private,
+            private: image.private,
         };
         let copied = copy_image_platforms(
             http,
@@ -162,7 +162,8 @@ async fn bring_in_async(
         })?;
         report.downloaded += copied.downloaded.len();
         report.reused += copied.present.len();
-        for digest in copied.downloaded.iter().chain(&copied.present) {
+        // What was just downloaded is new; what was there is used again.
+        for digest in &copied.present {
             touch(&store.blob_path(digest)?).await?;
         }
     }
