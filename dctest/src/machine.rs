@@ -69,10 +69,12 @@ const BASE_FILES: &[(&str, &str)] = &[
     ),
 ];
 /// Units masked in the base image (symlinks to /dev/null): timers that would try the
-/// internet, podman's boot-time units, which nothing here uses, and the gate of interactive
-/// logins (nobody logs into these machines; commands enter them with nsenter). The last one
-/// failed once on a cold CI host (stop 14: "Permit User Sessions" failed, the boot degraded;
-/// the cause was not recorded, which boot diagnostics now would).
+/// internet, podman's boot-time units, which nothing here uses, the gate of interactive
+/// logins (nobody logs into these machines; commands enter them with nsenter), and the
+/// remount of the root by `/etc/fstab` (the fixture mounts the root: an overlay, read-write,
+/// and there is no fstab to apply). Two of them failed once each under load, degrading the
+/// boot: "Permit User Sessions" on a cold CI host (stop 14), and "Remount Root and Kernel
+/// File Systems" during a full `cargo xtask ci` (2026-12-03, no journal entries).
 const MASKED_UNITS: &[&str] = &[
     "apt-daily.timer",
     "apt-daily-upgrade.timer",
@@ -80,6 +82,7 @@ const MASKED_UNITS: &[&str] = &[
     "podman-auto-update.service",
     "podman-restart.service",
     "systemd-user-sessions.service",
+    "systemd-remount-fs.service",
 ];
 /// Units the base image does not start at boot (the data center enables them where needed).
 const DISABLED_UNITS: &[&str] = &["etcd.service"];
